@@ -1,0 +1,177 @@
+package block
+
+import (
+	"fmt"
+	"slices"
+)
+
+// Replace points edge c at node to. Permissions are checked at Commit.
+func (t *Txn) Replace(c *Child, to *Node) error {
+	from := c.Node()
+	if from == to {
+		return nil
+	}
+	if c.frozen > 0 {
+		return Errorf(ErrFrozen, "Cannot change frozen '%s' link from '%s' to '%s'", c.name, parentName(c), from.name)
+	}
+	if p := c.ParentNode(); p != nil && reaches(to, p) {
+		return Errorf(ErrInvalid, "Making '%s' a %s child of '%s' would create a cycle", to.name, c.name, p.name)
+	}
+	t.retarget(c, from, to)
+	t.OnUndo(func() { t.retarget(c, to, from) })
+	return nil
+}
+
+func parentName(c *Child) string {
+	_, name := c.parent.ParentInfo()
+	return name
+}
+
+func (t *Txn) retarget(c *Child, from, to *Node) {
+	from.parents = slices.DeleteFunc(from.parents, func(x *Child) bool { return x == c })
+	to.parents = append(to.parents, c)
+	c.node.Store(to)
+	if c.role&RoleCOW != 0 {
+		if p := c.ParentNode(); p != nil {
+			c.blocker = fmt.Sprintf("node is used as backing hd of '%s'", p.name)
+		}
+	}
+}
+
+// ReplaceNode moves the parents of from to to, except those for which
+// keep returns true (for example, the edge from a new overlay to from).
+func (t *Txn) ReplaceNode(from, to *Node, keep func(c *Child) bool) error {
+	for _, c := range slices.Clone(from.parents) {
+		if keep != nil && keep(c) {
+			continue
+		}
+		if err := t.Replace(c, to); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// RemoveChild detaches child edge c of node p. A node left without users
+// is closed when the change commits... or at once, when it is not
+// monitor-owned; undo re-attaches only nodes that are still open.
+func (t *Txn) RemoveChild(c *Child) error {
+	if c.frozen > 0 {
+		return Errorf(ErrFrozen, "Cannot remove frozen '%s' link of '%s'", c.name, parentName(c))
+	}
+	p := c.ParentNode()
+	cn := c.Node()
+	if p == nil {
+		return fmt.Errorf("edge '%s' has no parent node: %w", c.name, ErrInternal)
+	}
+	// Keep the child alive until commit: it may come back on abort.
+	wasOwned := cn.monitorOwned
+	cn.monitorOwned = true
+	p.setChildren(slices.DeleteFunc(slices.Clone(p.Children()), func(x *Child) bool { return x == c }))
+	cn.parents = slices.DeleteFunc(cn.parents, func(x *Child) bool { return x == c })
+	t.OnUndo(func() {
+		cn.monitorOwned = wasOwned
+		cn.parents = append(cn.parents, c)
+		p.setChildren(append(slices.Clone(p.Children()), c))
+	})
+	t.OnCommit(func() {
+		cn.monitorOwned = wasOwned
+		if len(cn.parents) == 0 && !cn.monitorOwned {
+			t.g.removeNode(cn)
+		}
+	})
+	return nil
+}
+
+// SetReadOnly changes a node's read-only state; checked at Commit.
+func (t *Txn) SetReadOnly(n *Node, ro bool) {
+	old := n.ReadOnly()
+	n.readOnly.Store(ro)
+	t.OnUndo(func() { n.readOnly.Store(old) })
+}
+
+// SetMonitorOwned changes whether blockdev-del may remove n.
+func (t *Txn) SetMonitorOwned(n *Node, owned bool) {
+	old := n.monitorOwned
+	n.monitorOwned = owned
+	t.OnUndo(func() { n.monitorOwned = old })
+	if !owned {
+		t.OnCommit(func() {
+			if len(n.parents) == 0 && !n.monitorOwned {
+				t.g.removeNode(n)
+			}
+		})
+	}
+}
+
+// Freeze freezes the edges; all are checked before any is changed.
+func (t *Txn) Freeze(cs ...*Child) {
+	for _, c := range cs {
+		c.frozen++
+	}
+	t.OnUndo(func() {
+		for _, c := range cs {
+			c.frozen--
+		}
+	})
+}
+
+// Unfreeze undoes Freeze.
+func (t *Txn) Unfreeze(cs ...*Child) {
+	for _, c := range cs {
+		c.frozen--
+	}
+	t.OnUndo(func() {
+		for _, c := range cs {
+			c.frozen++
+		}
+	})
+}
+
+// OpBlocker returns why n may not be deleted or used by a new job (its
+// edges' blockers, newest first), or "".
+func (n *Node) OpBlocker() string {
+	for i := len(n.parents) - 1; i >= 0; i-- {
+		if b := n.parents[i].blocker; b != "" {
+			return b
+		}
+	}
+	return ""
+}
+
+// SetBlocker makes edge c block operations on its node with reason
+// (jobs: "block device is in use by block job: stream").
+func (t *Txn) SetBlocker(c *Child, reason string) {
+	old := c.blocker
+	c.blocker = reason
+	t.OnUndo(func() { c.blocker = old })
+}
+
+// Delete removes a monitor-owned node that nobody uses (blockdev-del),
+// with qsd's messages for each reason it cannot.
+func (t *Txn) Delete(name string) error {
+	n := t.g.nodes[name]
+	if n == nil {
+		return Errorf(ErrNotFound, "Failed to find node with node-name='%s'", name)
+	}
+	for _, c := range n.parents {
+		if _, ok := c.parent.(*Root); ok && c.blocker == "" {
+			// compat(qsd-7.2): no quotes around the name here.
+			return Errorf(ErrBusy, "Node %s is in use", name)
+		}
+	}
+	if b := n.OpBlocker(); b != "" {
+		return Errorf(ErrBusy, "Node '%s' is busy: %s", name, b)
+	}
+	if !n.monitorOwned {
+		return Errorf(ErrBusy, "Node %s is not owned by the monitor", name)
+	}
+	if len(n.parents) > 0 {
+		return Errorf(ErrBusy, "Block device %s is in use", name)
+	}
+	t.Drain(n)
+	n.monitorOwned = false
+	t.OnCommit(func() { t.g.removeNode(n) })
+	t.OnUndo(func() { n.monitorOwned = true })
+	return nil
+}

@@ -1,0 +1,285 @@
+package block
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"sync"
+)
+
+// Kind says what sort of driver a node runs.
+type Kind int
+
+const (
+	KindProtocol Kind = iota // stores bytes somewhere: file, null-co, nbd
+	KindFormat               // interprets a child as an image: raw, qcow2
+	KindFilter               // presents its one filtered child, changing only how
+)
+
+// Flags modify a single request.
+type Flags uint32
+
+const (
+	// FlagFUA: the data is on stable storage when the call returns.
+	FlagFUA Flags = 1 << iota
+	// FlagMayUnmap: Zero may deallocate the range instead of writing zeroes.
+	FlagMayUnmap
+	// FlagNoFallback: Zero must fail with ErrNotSupported rather than be
+	// emulated by writing a buffer of zeroes (NBD's FAST_ZERO).
+	FlagNoFallback
+	// FlagWriteUnchanged: the write does not change what a reader sees
+	// (copy-on-read, stream); it needs only PermWriteUnchanged.
+	FlagWriteUnchanged
+)
+
+// Limits are a node's constraints on requests. Zero values mean "none".
+type Limits struct {
+	// RequestAlign is the alignment of offset and length the driver needs
+	// (a power of two; 0 or 1 means byte granularity). The generic layer
+	// pads or splits requests so that a driver never sees less.
+	RequestAlign int64
+	// MaxTransfer is the largest request the driver accepts; the generic
+	// layer splits larger ones. 0: no limit.
+	MaxTransfer int64
+	// OptimalTransfer is a hint for copy loops (e.g. the cluster size).
+	OptimalTransfer int64
+}
+
+// Caps is what a node does natively. The generic layer asks once, at open
+// (and after reopen), caches the answer, and emulates what is missing.
+type Caps struct {
+	Zero        bool // Zero is cheaper than writing zeroes
+	Discard     bool // Discard can deallocate
+	FUA         bool // WriteAt honours FlagFUA itself; else the gate flushes after
+	BlockStatus bool // BlockStatus reports real allocation; else all data
+	Limits      Limits
+}
+
+// Status describes an extent for BlockStatus.
+type Status uint8
+
+const (
+	// StatusData: the extent reads as data from this node (or below, see
+	// StatusRecurse).
+	StatusData Status = 1 << iota
+	// StatusZero: the extent reads as zeroes.
+	StatusZero
+	// StatusAllocated: this node itself answers reads of the extent; when
+	// clear the reads fall through to the COW child.
+	StatusAllocated
+	// StatusRecurse: the extent maps 1:1 (plus Offset) onto Extent.Child;
+	// ask that child for the real status (raw over file, a filter).
+	StatusRecurse
+	// StatusOffsetValid: Offset is where the data lives in Child.
+	StatusOffsetValid
+)
+
+// Extent is the status of the first Len bytes of a queried range.
+type Extent struct {
+	Len    int64
+	Status Status
+	Offset int64  // with StatusOffsetValid or StatusRecurse
+	Child  *Child // where Offset points, when known
+}
+
+// Impl is one open driver instance: what a driver's open function returns.
+//
+// Before any call the generic layer (the Child methods) has checked that the
+// range lies inside the node and honours Caps().Limits, that the caller
+// holds the needed permission, and that ctx is not nil. Requests are all or
+// nothing: a nil error means len(p) bytes moved. Implementations must not
+// retain p. Every method may be called from many goroutines at once; a
+// driver protects its own metadata.
+type Impl interface {
+	Caps() Caps
+	// Size is the node's virtual size in bytes.
+	Size(ctx context.Context) (int64, error)
+	ReadAt(ctx context.Context, p []byte, off int64, f Flags) error
+	WriteAt(ctx context.Context, p []byte, off int64, f Flags) error
+	// Zero makes the range read as zeroes. Return ErrNotSupported to have
+	// the generic layer write zeroes instead (unless FlagNoFallback).
+	Zero(ctx context.Context, off, n int64, f Flags) error
+	// Discard is advisory: it may do nothing; reads of the range return
+	// unspecified data afterwards (zeroes for every driver we have).
+	Discard(ctx context.Context, off, n int64) error
+	Flush(ctx context.Context) error
+	// BlockStatus describes the range starting at off, at most n bytes and
+	// at least one byte, in one extent.
+	BlockStatus(ctx context.Context, off, n int64) (Extent, error)
+	// Truncate changes the virtual size. exact=false lets a protocol driver
+	// keep a larger size where it cannot shrink.
+	Truncate(ctx context.Context, size int64, exact bool) error
+	// Close releases everything; the node is drained and has no parents.
+	Close() error
+}
+
+// PermChecker is implemented by drivers that act on permission changes
+// (file: image locks). CheckPerm may refuse; SetPerm applies a state that
+// CheckPerm accepted. Both run under the graph lock.
+type PermChecker interface {
+	CheckPerm(perm, shared Perm) error
+	SetPerm(perm, shared Perm)
+}
+
+// ChildPermer is implemented by drivers that take other permissions on a
+// child than the role defaults (see DefaultChildPerm). perm and shared are
+// what the node's own parents need of it.
+type ChildPermer interface {
+	ChildPerm(c *Child, perm, shared Perm) (Perm, Perm)
+}
+
+// Drainer is implemented by drivers that hold requests (throttle): while
+// drained they must let held requests go at once.
+type Drainer interface {
+	DrainBegin()
+	DrainEnd()
+}
+
+// Infoer is implemented by drivers with more to say in
+// query-named-block-nodes: the "image" member's extras.
+type Infoer interface {
+	ImageInfo(ctx context.Context) ImageInfo
+}
+
+// ImageInfo is the part of QMP's ImageInfo a driver supplies.
+type ImageInfo struct {
+	ClusterSize    int64          // 0: not reported
+	DirtyFlag      *bool          // nil: not reported
+	FormatSpecific map[string]any // {"type": ..., "data": {...}} or nil
+	ActualSize     *int64         // nil: from the storage child / not reported
+}
+
+// BackingFiler is implemented by formats whose image header names a
+// backing file. The strings are the header's, unchanged by graph changes.
+type BackingFiler interface {
+	BackingFile() (name, format string)
+}
+
+// Filenamer is implemented by protocol drivers: the name QMP reports.
+type Filenamer interface {
+	Filename() string
+}
+
+// Decoder decodes a JSON object strictly into dsts (QMP's rules: unknown
+// members are an error unless some dst knows them). The QMP layer injects
+// it; block does not know QMP.
+type Decoder func(raw json.RawMessage, path string, dsts ...any) error
+
+// OpenFunc builds a node's Impl from decoded options. It attaches children
+// through o, so roles and permissions are set in one place.
+type OpenFunc[O any] func(ctx context.Context, o *Opener, opts *O) (Impl, error)
+
+// Driver is a registered driver.
+type Driver struct {
+	Name string
+	Kind Kind
+	// Implicit drivers (mirror_top, commit_top) cannot be added by users.
+	Implicit bool
+	// Probe scores how likely the first bytes of an image belong to this
+	// format (0: not at all). Used for backing files without a format.
+	Probe func(head []byte) int
+
+	open    func(ctx context.Context, o *Opener, raw json.RawMessage, dec Decoder) (Impl, error)
+	newOpts func() any
+}
+
+var registry = struct {
+	sync.RWMutex
+	m map[string]*Driver
+}{m: map[string]*Driver{}}
+
+// Register adds a driver. O is the options struct the driver's own QMP
+// members are decoded into, strictly, beside CommonOptions.
+func Register[O any](name string, kind Kind, open OpenFunc[O]) *Driver {
+	d := &Driver{
+		Name: name,
+		Kind: kind,
+		open: func(ctx context.Context, o *Opener, raw json.RawMessage, dec Decoder) (Impl, error) {
+			opts := new(O)
+			if err := dec(raw, o.path, &o.common, opts); err != nil {
+				return nil, err
+			}
+			o.opts = opts
+			return open(ctx, o, opts)
+		},
+		newOpts: func() any { return new(O) },
+	}
+	registry.Lock()
+	defer registry.Unlock()
+	if _, dup := registry.m[name]; dup {
+		panic(fmt.Sprintf("block: driver %q registered twice", name))
+	}
+	registry.m[name] = d
+	return d
+}
+
+// LookupDriver finds a registered driver by name.
+func LookupDriver(name string) *Driver {
+	registry.RLock()
+	defer registry.RUnlock()
+	return registry.m[name]
+}
+
+// Drivers lists the registered drivers sorted by name.
+func Drivers() []*Driver {
+	registry.RLock()
+	defer registry.RUnlock()
+	ds := make([]*Driver, 0, len(registry.m))
+	for _, d := range registry.m {
+		ds = append(ds, d)
+	}
+	sort.Slice(ds, func(i, j int) bool { return ds[i].Name < ds[j].Name })
+	return ds
+}
+
+// AllocatedSizer is implemented by protocol drivers that can tell how much
+// storage the node occupies (QMP's actual-size).
+type AllocatedSizer interface {
+	AllocatedSize() (int64, error)
+}
+
+// CreateFunc creates an image (blockdev-create). It runs in a job's
+// goroutine; it takes the graph lock itself when it needs nodes.
+type CreateFunc[O any] func(ctx context.Context, g *Graph, opts *O) error
+
+// Creator is a registered blockdev-create implementation.
+type Creator struct {
+	Driver string
+	// Decode checks the options (synchronously, before the job starts)
+	// and returns the function the job runs.
+	Decode func(raw json.RawMessage, dec Decoder) (func(ctx context.Context, g *Graph) error, error)
+}
+
+var creators = struct {
+	sync.RWMutex
+	m map[string]*Creator
+}{m: map[string]*Creator{}}
+
+// RegisterCreate adds a blockdev-create implementation for driver. O is
+// the driver's BlockdevCreateOptions member set (without "driver").
+func RegisterCreate[O any](driver string, create CreateFunc[O]) {
+	c := &Creator{
+		Driver: driver,
+		Decode: func(raw json.RawMessage, dec Decoder) (func(ctx context.Context, g *Graph) error, error) {
+			var common struct {
+				Driver string `json:"driver"`
+			}
+			opts := new(O)
+			if err := dec(raw, "options", &common, opts); err != nil {
+				return nil, err
+			}
+			return func(ctx context.Context, g *Graph) error { return create(ctx, g, opts) }, nil
+		},
+	}
+	creators.Lock()
+	defer creators.Unlock()
+	creators.m[driver] = c
+}
+
+// LookupCreator finds the blockdev-create implementation of a driver.
+func LookupCreator(driver string) *Creator {
+	creators.RLock()
+	defer creators.RUnlock()
+	return creators.m[driver]
+}
