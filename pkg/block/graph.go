@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/sirupsen/logrus"
 )
@@ -16,12 +17,13 @@ import (
 // removing nodes, attaching and replacing children, permission updates,
 // freezing, reopen, and the graph steps of jobs. I/O never takes it.
 type Graph struct {
-	mu     sync.Mutex
-	nodes  map[string]*Node // guarded by mu
-	list   []*Node          // creation order; guarded by mu
-	seq    uint64           // for generated names; guarded by mu
-	decode Decoder
-	log    logrus.FieldLogger
+	mu      sync.Mutex
+	nodes   map[string]*Node // guarded by mu
+	list    []*Node          // creation order; guarded by mu
+	seq     uint64           // for generated names; guarded by mu
+	decode  Decoder
+	log     logrus.FieldLogger
+	emitter atomic.Pointer[emitterBox]
 }
 
 // NewGraph returns an empty graph. dec decodes driver options strictly
