@@ -24,6 +24,7 @@ type Graph struct {
 	decode  Decoder
 	log     logrus.FieldLogger
 	emitter atomic.Pointer[emitterBox]
+	objects map[string]Object // guarded by mu
 }
 
 // NewGraph returns an empty graph. dec decodes driver options strictly
