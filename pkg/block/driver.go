@@ -283,3 +283,7 @@ func LookupCreator(driver string) *Creator {
 	defer creators.RUnlock()
 	return creators.m[driver]
 }
+
+// NewOptions returns a new, empty options struct of the driver (a pointer),
+// for tools that need the option types (command-line key=value parsing).
+func (d *Driver) NewOptions() any { return d.newOpts() }

@@ -1,6 +1,7 @@
 package block
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -68,11 +69,12 @@ func (g *Graph) Unlock() { g.mu.Unlock() }
 // Lookup finds a node by name. Call under the graph lock.
 func (g *Graph) Lookup(name string) *Node { return g.nodes[name] }
 
-// Nodes lists the nodes, newest first (the order qsd reports them in).
-// Call under the graph lock.
+// Nodes lists the nodes, newest first (the order qsd reports them in): a
+// node counts as created when its open finished, so a parent comes before
+// the children it opened. Call under the graph lock.
 func (g *Graph) Nodes() []*Node {
 	s := slices.Clone(g.list)
-	slices.Reverse(s)
+	slices.SortStableFunc(s, func(a, b *Node) int { return cmp.Compare(b.seq, a.seq) })
 	return s
 }
 
@@ -229,6 +231,8 @@ func (t *Txn) open(ctx context.Context, raw json.RawMessage, path string, monito
 		return nil, err
 	}
 	n.impl = impl
+	g.seq++
+	n.seq = g.seq
 	n.RefreshCaps()
 	if err := n.RefreshSize(ctx); err != nil {
 		return nil, err

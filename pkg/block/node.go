@@ -17,6 +17,7 @@ type Node struct {
 	common   CommonOptions   // immutable after open, except by reopen (drained)
 	opts     any             // the driver's decoded options
 	raw      json.RawMessage // the options the node was opened with
+	seq      uint64          // when its open finished; guarded by g.mu
 
 	// implicit marks filters that jobs insert (mirror_top, commit_top,
 	// the stream's copy-on-read); queries of a device's chain skip them.

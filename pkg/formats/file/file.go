@@ -293,14 +293,10 @@ func (d *file) BlockStatus(ctx context.Context, off, n int64) (block.Extent, err
 	return block.Extent{Len: min(n, hole-off), Status: block.StatusData | block.StatusAllocated | block.StatusOffsetValid, Offset: off}, nil
 }
 
+// Truncate sets a regular file's length; exact does not matter for files
+// (it does for block devices, which blockd opens as plain files too and
+// cannot resize).
 func (d *file) Truncate(ctx context.Context, size int64, exact bool) error {
-	cur, err := d.Size(ctx)
-	if err != nil {
-		return err
-	}
-	if !exact && size <= cur {
-		return nil
-	}
 	if err := unix.Ftruncate(d.fd, size); err != nil {
 		return ioErr("truncate", d.name, err)
 	}

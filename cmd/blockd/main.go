@@ -1,0 +1,389 @@
+// Command blockd is a block-storage daemon that speaks QMP like
+// qemu-storage-daemon 7.2: one process owns a graph of block nodes, serves
+// them over NBD and is driven over QMP on UNIX sockets.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"reflect"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/blockd/blockd/pkg/blockdev"
+	"github.com/blockd/blockd/pkg/qmp"
+
+	// The drivers register themselves.
+	_ "github.com/blockd/blockd/pkg/formats/file"
+	_ "github.com/blockd/blockd/pkg/formats/nullco"
+	_ "github.com/blockd/blockd/pkg/formats/raw"
+)
+
+// Version is blockd's own version; query-version reports the QEMU version
+// blockd is compatible with.
+var Version = "0.1.0"
+
+const usage = `Usage: blockd [options]
+A block-storage daemon compatible with qemu-storage-daemon 7.2's QMP.
+
+  -h, --help                 print this help and exit
+  -V, --version              print the version and exit
+  --qmp PATH                 serve QMP on a UNIX socket at PATH (shorthand
+                             for --chardev/--monitor)
+  --chardev socket,id=ID,path=PATH[,server=on][,wait=off]
+                             a UNIX socket for a monitor
+  --monitor [chardev=]ID[,mode=control][,pretty=on|off]
+                             serve QMP on that socket
+  --blockdev OPTIONS         add a node (key=value[,...] with dotted keys,
+                             or a JSON object), like QMP blockdev-add
+  --object OPTIONS           add an object, like QMP object-add
+                             (throttle-group,id=ID,limits.iops-total=N,...)
+  --nbd-server addr.type=unix,addr.path=PATH[,max-connections=N]
+  --nbd-server addr.type=inet,addr.host=HOST,addr.port=PORT
+                             start the NBD server
+  --export [type=]nbd,id=ID,node-name=NODE[,name=NAME][,writable=on]
+           [,description=TEXT][,allocation-depth=on]
+                             export a node over NBD
+  --pidfile PATH             write the daemon's PID to PATH
+  --daemonize                detach once everything is set up
+  --log-level LEVEL          panic, fatal, error, warn, info, debug, trace
+                             (default info)
+  --log-format text|json     log format (default text)
+
+Options are applied in the order given. SIGTERM and SIGINT shut the daemon
+down cleanly; so does the QMP command quit.
+`
+
+type option struct{ name, value string }
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func parseArgs(argv []string) ([]option, error) {
+	var opts []option
+	takesValue := map[string]bool{
+		"qmp": true, "chardev": true, "monitor": true, "blockdev": true, "object": true,
+		"nbd-server": true, "export": true, "pidfile": true, "log-level": true, "log-format": true,
+		"trace": true, "T": true,
+	}
+	for i := 0; i < len(argv); i++ {
+		a := argv[i]
+		if !strings.HasPrefix(a, "-") {
+			return nil, fmt.Errorf("unexpected argument '%s'", a)
+		}
+		name := strings.TrimLeft(a, "-")
+		value, hasValue := "", false
+		if k, v, ok := strings.Cut(name, "="); ok {
+			name, value, hasValue = k, v, true
+		}
+		switch name {
+		case "h", "help", "V", "version", "daemonize":
+			opts = append(opts, option{name: name})
+			continue
+		}
+		if !takesValue[name] {
+			return nil, fmt.Errorf("unknown option '%s'", a)
+		}
+		if !hasValue {
+			if i+1 >= len(argv) {
+				return nil, fmt.Errorf("option '%s' needs an argument", a)
+			}
+			i++
+			value = argv[i]
+		}
+		opts = append(opts, option{name, value})
+	}
+	return opts, nil
+}
+
+func run(argv []string, stdout, stderr io.Writer) int {
+	opts, err := parseArgs(argv)
+	if err != nil {
+		fmt.Fprintf(stderr, "blockd: %v\n%s", err, "Try 'blockd --help' for more information.\n")
+		return 1
+	}
+	log := logrus.New()
+	log.SetOutput(stderr)
+	daemonize := false
+	pidfile := ""
+	for _, o := range opts {
+		switch o.name {
+		case "h", "help":
+			fmt.Fprint(stdout, usage)
+			return 0
+		case "V", "version":
+			fmt.Fprintf(stdout, "blockd %s (QMP compatible with qemu-storage-daemon 7.2)\n", Version)
+			return 0
+		case "daemonize":
+			daemonize = true
+		case "pidfile":
+			pidfile = o.value
+		case "log-level":
+			lvl, err := logrus.ParseLevel(o.value)
+			if err != nil {
+				fmt.Fprintf(stderr, "blockd: --log-level: %v\n", err)
+				return 1
+			}
+			log.SetLevel(lvl)
+		case "log-format":
+			switch o.value {
+			case "text":
+				log.SetFormatter(&logrus.TextFormatter{})
+			case "json":
+				log.SetFormatter(&logrus.JSONFormatter{})
+			default:
+				fmt.Fprintf(stderr, "blockd: --log-format must be text or json\n")
+				return 1
+			}
+		}
+	}
+	if daemonize && os.Getenv(daemonEnv) == "" {
+		return parentOfDaemon(argv, stderr)
+	}
+	d := newDaemon(log)
+	if err := d.setup(opts); err != nil {
+		d.shutdown()
+		reportReady(err)
+		fmt.Fprintf(stderr, "blockd: %v\n", err)
+		return 1
+	}
+	if pidfile != "" {
+		if err := writePidfile(pidfile); err != nil {
+			d.shutdown()
+			reportReady(err)
+			fmt.Fprintf(stderr, "blockd: %v\n", err)
+			return 1
+		}
+		defer os.Remove(pidfile)
+	}
+	reportReady(nil)
+	log.WithField("version", Version).Info("blockd ready")
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	select {
+	case sig := <-sigs:
+		log.WithField("signal", sig.String()).Info("shutting down")
+		d.q.Close()
+		d.shutdown()
+	case <-d.q.Done():
+		log.Info("quit")
+		d.shutdown()
+	}
+	return 0
+}
+
+type daemon struct {
+	log      logrus.FieldLogger
+	bd       *blockdev.Server
+	q        *qmp.Server
+	chardevs map[string]string // id -> socket path
+	monitors []net.Listener
+}
+
+func newDaemon(log logrus.FieldLogger) *daemon {
+	d := &daemon{log: log, chardevs: map[string]string{}}
+	d.bd = blockdev.New(log)
+	d.q = qmp.NewServer(qmp.ServerOptions{
+		Version: qmp.VersionInfo{Major: 7, Minor: 2, Micro: 22, Package: "blockd " + Version},
+		Logger:  log.WithField("component", "qmp"),
+		Quit:    d.bd.Shutdown,
+	})
+	d.bd.Register(d.q)
+	return d
+}
+
+// shutdown closes every node; after quit it has nothing left to do.
+func (d *daemon) shutdown() {
+	d.bd.Shutdown(context.Background())
+	d.q.Close()
+}
+
+func (d *daemon) setup(opts []option) error {
+	ctx := context.Background()
+	for _, o := range opts {
+		var err error
+		switch o.name {
+		case "qmp":
+			err = d.listen(o.value, false)
+		case "chardev":
+			err = d.chardev(o.value)
+		case "monitor":
+			err = d.monitor(o.value)
+		case "blockdev":
+			err = d.blockdev(ctx, o.value)
+		case "object":
+			err = d.object(ctx, o.value)
+		case "nbd-server":
+			err = d.nbdServer(ctx, o.value)
+		case "export":
+			err = d.export(ctx, o.value)
+		}
+		if err != nil {
+			return fmt.Errorf("--%s %s: %w", o.name, o.value, err)
+		}
+	}
+	return nil
+}
+
+func (d *daemon) listen(path string, pretty bool) error {
+	l, err := qmp.Listen(path)
+	if err != nil {
+		return err
+	}
+	d.monitors = append(d.monitors, l)
+	go func() {
+		if err := d.q.ServeMonitor(l, qmp.MonitorOptions{Pretty: pretty}); err != nil && !errors.Is(err, qmp.ErrServerClosed) {
+			d.log.WithError(err).Warn("qmp: serve")
+		}
+	}()
+	d.log.WithField("socket", path).Info("QMP monitor listening")
+	return nil
+}
+
+func (d *daemon) chardev(s string) error {
+	kv, err := blockdev.ParseKeyval(s, "backend")
+	if err != nil {
+		return err
+	}
+	if kv["backend"] != "socket" {
+		return fmt.Errorf("only 'socket' character devices are supported")
+	}
+	id, _ := kv["id"].(string)
+	path, _ := kv["path"].(string)
+	if id == "" || path == "" {
+		return fmt.Errorf("a socket chardev needs id= and path=")
+	}
+	if v, ok := kv["server"]; ok && v != "on" && v != "true" && v != "yes" {
+		return fmt.Errorf("only server sockets are supported")
+	}
+	d.chardevs[id] = path
+	return nil
+}
+
+func (d *daemon) monitor(s string) error {
+	kv, err := blockdev.ParseKeyval(s, "chardev")
+	if err != nil {
+		return err
+	}
+	id, _ := kv["chardev"].(string)
+	path, ok := d.chardevs[id]
+	if !ok {
+		return fmt.Errorf("chardev '%s' not found", id)
+	}
+	if m, ok := kv["mode"]; ok && m != "control" {
+		return fmt.Errorf("only mode=control monitors are supported")
+	}
+	pretty := kv["pretty"] == "on"
+	delete(d.chardevs, id)
+	return d.listen(path, pretty)
+}
+
+func (d *daemon) blockdev(ctx context.Context, s string) error {
+	var raw json.RawMessage
+	if strings.HasPrefix(strings.TrimSpace(s), "{") {
+		raw = json.RawMessage(s)
+	} else {
+		kv, err := blockdev.ParseKeyval(s, "")
+		if err != nil {
+			return err
+		}
+		if raw, err = blockdev.KeyvalBlockdev(kv); err != nil {
+			return err
+		}
+	}
+	return d.bd.Execute(ctx, "blockdev-add", raw)
+}
+
+func (d *daemon) object(ctx context.Context, s string) error {
+	var raw json.RawMessage
+	if strings.HasPrefix(strings.TrimSpace(s), "{") {
+		raw = json.RawMessage(s)
+	} else {
+		kv, err := blockdev.ParseKeyval(s, "qom-type")
+		if err != nil {
+			return err
+		}
+		if raw, err = blockdev.KeyvalObject(kv); err != nil {
+			return err
+		}
+	}
+	return d.bd.Execute(ctx, "object-add", raw)
+}
+
+// nbdServer takes qsd's --nbd-server, whose address is the flat
+// SocketAddress, and starts the server as nbd-server-start would.
+func (d *daemon) nbdServer(ctx context.Context, s string) error {
+	var m map[string]any
+	if strings.HasPrefix(strings.TrimSpace(s), "{") {
+		if err := json.Unmarshal([]byte(s), &m); err != nil {
+			return err
+		}
+	} else {
+		kv, err := blockdev.ParseKeyval(s, "")
+		if err != nil {
+			return err
+		}
+		m = kv
+		if v, ok := m["max-connections"].(string); ok {
+			n, err := strconv.ParseUint(v, 10, 32)
+			if err != nil {
+				return fmt.Errorf("Parameter 'max-connections' expects uint32_t")
+			}
+			m["max-connections"] = n
+		}
+	}
+	addr, ok := m["addr"].(map[string]any)
+	if !ok {
+		return fmt.Errorf("Parameter 'addr' is missing")
+	}
+	typ := addr["type"]
+	delete(addr, "type")
+	m["addr"] = map[string]any{"type": typ, "data": addr}
+	raw, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return d.bd.Execute(ctx, "nbd-server-start", raw)
+}
+
+func (d *daemon) export(ctx context.Context, s string) error {
+	var raw json.RawMessage
+	if strings.HasPrefix(strings.TrimSpace(s), "{") {
+		raw = json.RawMessage(s)
+	} else {
+		kv, err := blockdev.ParseKeyval(s, "type")
+		if err != nil {
+			return err
+		}
+		if raw, err = blockdev.KeyvalTyped(kv, reflect.TypeOf(blockdev.ExportArgs{}), reflect.TypeOf(blockdev.NBDExportArgs{})); err != nil {
+			return err
+		}
+	}
+	return d.bd.Execute(ctx, "block-export-add", raw)
+}
+
+func writePidfile(path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		return fmt.Errorf("cannot create PID file: %v", err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		return fmt.Errorf("cannot lock PID file '%s': another daemon uses it", path)
+	}
+	if err := f.Truncate(0); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(f, "%d\n", os.Getpid())
+	return err
+}

@@ -1,0 +1,146 @@
+// Package blockdev holds the QMP command handlers: it decodes arguments,
+// calls the block layer, the job runner and the NBD server, and encodes
+// replies in the shapes qemu-storage-daemon 7.2 uses.
+package blockdev
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/blockd/blockd/pkg/block"
+	"github.com/blockd/blockd/pkg/jobs"
+	"github.com/blockd/blockd/pkg/qmp"
+)
+
+// Server is the daemon's state behind the QMP commands.
+type Server struct {
+	G    *block.Graph
+	Jobs *jobs.Runner
+	log  logrus.FieldLogger
+	emit block.Emitter
+
+	exports exportState
+	mu      sync.Mutex
+}
+
+// emitterFunc lets the server hand events to a QMP server set later.
+type lateEmitter struct {
+	mu sync.RWMutex
+	e  block.Emitter
+}
+
+func (l *lateEmitter) Emit(name string, data any) {
+	l.mu.RLock()
+	e := l.e
+	l.mu.RUnlock()
+	if e != nil {
+		e.Emit(name, data)
+	}
+}
+
+// New returns a server with an empty graph.
+func New(log logrus.FieldLogger) *Server {
+	if log == nil {
+		l := logrus.New()
+		l.SetLevel(logrus.PanicLevel)
+		log = l
+	}
+	em := &lateEmitter{}
+	s := &Server{log: log, emit: em}
+	s.G = block.NewGraph(block.Decoder(qmp.Decode), log)
+	s.G.SetEmitter(em)
+	s.Jobs = jobs.NewRunner(em, log)
+	return s
+}
+
+// SetEmitter sets where events go (the QMP server).
+func (s *Server) SetEmitter(e block.Emitter) {
+	em := s.emit.(*lateEmitter)
+	em.mu.Lock()
+	em.e = e
+	em.mu.Unlock()
+}
+
+// Register adds every command to q.
+func (s *Server) Register(q *qmp.Server) {
+	s.SetEmitter(q)
+	for name, h := range s.handlers() {
+		q.Handle(name, h)
+	}
+}
+
+func (s *Server) handlers() map[string]qmp.Handler {
+	return map[string]qmp.Handler{
+		"blockdev-add":              qmp.HandlerFunc(s.blockdevAdd),
+		"blockdev-del":              qmp.Command(s.blockdevDel),
+		"block_resize":              qmp.Command(s.blockResize),
+		"query-named-block-nodes":   qmp.Command(s.queryNamedBlockNodes),
+		"query-block":               qmp.Command(s.queryBlock),
+		"query-blockstats":          qmp.Command(s.queryBlockstats),
+		"x-debug-query-block-graph": qmp.Command(s.queryBlockGraph),
+		"blockdev-create":           qmp.Command(s.blockdevCreate),
+		"query-jobs":                qmp.Command(s.queryJobs),
+		"query-block-jobs":          qmp.Command(s.queryBlockJobs),
+		"job-dismiss":               qmp.Command(s.jobVerb(jobs.VerbDismiss, false)),
+		"job-finalize":              qmp.Command(s.jobVerb(jobs.VerbFinalize, false)),
+		"job-cancel":                qmp.Command(s.jobVerb(jobs.VerbCancel, false)),
+		"job-pause":                 qmp.Command(s.jobVerb(jobs.VerbPause, false)),
+		"job-resume":                qmp.Command(s.jobVerb(jobs.VerbResume, false)),
+		"job-complete":              qmp.Command(s.jobVerb(jobs.VerbComplete, false)),
+		"block-job-dismiss":         qmp.Command(s.jobVerb(jobs.VerbDismiss, true)),
+		"block-job-finalize":        qmp.Command(s.jobVerb(jobs.VerbFinalize, true)),
+		"block-job-pause":           qmp.Command(s.blockJobDevice(jobs.VerbPause)),
+		"block-job-resume":          qmp.Command(s.blockJobDevice(jobs.VerbResume)),
+		"block-job-complete":        qmp.Command(s.blockJobDevice(jobs.VerbComplete)),
+		"block-job-cancel":          qmp.Command(s.blockJobCancel),
+		"block-job-set-speed":       qmp.Command(s.blockJobSetSpeed),
+		"nbd-server-start":          qmp.Command(s.nbdServerStart),
+		"nbd-server-stop":           qmp.Command(s.nbdServerStop),
+		"block-export-add":          qmp.HandlerFunc(s.blockExportAdd),
+		"block-export-del":          qmp.Command(s.blockExportDel),
+		"query-block-exports":       qmp.Command(s.queryBlockExports),
+	}
+}
+
+// Shutdown tears everything down the way qsd's quit does: jobs are
+// cancelled, exports deleted (with their events), nodes flushed and closed.
+func (s *Server) Shutdown(ctx context.Context) {
+	s.Jobs.Close()
+	s.stopExports(ctx)
+	tx := s.G.Begin()
+	for _, n := range tx.Graph().Nodes() {
+		if n.MonitorOwned() {
+			if err := tx.Delete(n.Name()); err != nil {
+				s.log.WithError(err).WithField("node", n.Name()).Debug("shutdown: node still in use")
+			}
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		s.log.WithError(err).Warn("shutdown: closing nodes")
+	}
+}
+
+type empty struct{}
+
+// args turns absent arguments into an empty object.
+func args(raw json.RawMessage) json.RawMessage {
+	if len(raw) == 0 || string(raw) == "null" {
+		return json.RawMessage("{}")
+	}
+	return raw
+}
+
+// Execute runs a command as if a QMP client had sent it; the command
+// line's --blockdev, --object, --nbd-server and --export use it.
+func (s *Server) Execute(ctx context.Context, name string, args json.RawMessage) error {
+	h, ok := s.handlers()[name]
+	if !ok {
+		return fmt.Errorf("The command %s has not been found", name)
+	}
+	_, err := h.ServeQMP(ctx, args)
+	return err
+}

@@ -1,0 +1,438 @@
+package blockdev
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/blockd/blockd/pkg/block"
+	"github.com/blockd/blockd/pkg/nbd"
+	"github.com/blockd/blockd/pkg/qmp"
+)
+
+// exportState is the NBD server and the exports; guarded by Server.mu.
+type exportState struct {
+	srv       *nbd.Server
+	listener  net.Listener
+	unixPath  string
+	serveDone chan struct{}
+	exports   map[string]*export // by id
+}
+
+type export struct {
+	id   string
+	root *block.Root
+	nbd  *nbd.Export
+}
+
+// SocketAddressLegacy is nbd-server-start's address: {"type", "data"}.
+type SocketAddressLegacy struct {
+	Type AddrType        `json:"type"`
+	Data json.RawMessage `json:"data"`
+}
+
+// AddrType is SocketAddressType.
+type AddrType string
+
+// EnumValues implements qmp.Enum.
+func (AddrType) EnumValues() []string { return []string{"inet", "unix", "vsock", "fd"} }
+
+// UnixSocketAddress is QMP's UnixSocketAddress.
+type UnixSocketAddress struct {
+	Path     string `json:"path"`
+	Abstract *bool  `json:"abstract,omitempty"`
+	Tight    *bool  `json:"tight,omitempty"`
+}
+
+// InetSocketAddress is QMP's InetSocketAddress.
+type InetSocketAddress struct {
+	Host      string  `json:"host"`
+	Port      string  `json:"port"`
+	Numeric   *bool   `json:"numeric,omitempty"`
+	To        *uint16 `json:"to,omitempty"`
+	IPv4      *bool   `json:"ipv4,omitempty"`
+	IPv6      *bool   `json:"ipv6,omitempty"`
+	KeepAlive *bool   `json:"keep-alive,omitempty"`
+	MPTCP     *bool   `json:"mptcp,omitempty"`
+}
+
+type nbdServerStartArgs struct {
+	Addr           SocketAddressLegacy `json:"addr"`
+	TLSCreds       *string             `json:"tls-creds,omitempty"`
+	TLSAuthz       *string             `json:"tls-authz,omitempty"`
+	MaxConnections *uint32             `json:"max-connections,omitempty"`
+}
+
+// listen opens the listening socket an address describes.
+func listen(typ AddrType, data json.RawMessage, path string) (net.Listener, string, error) {
+	switch typ {
+	case "unix":
+		var u UnixSocketAddress
+		if err := qmp.Decode(data, path, &u); err != nil {
+			return nil, "", err
+		}
+		if u.Abstract != nil && *u.Abstract {
+			return nil, "", fmt.Errorf("abstract UNIX sockets are not supported")
+		}
+		_ = os.Remove(u.Path)
+		l, err := net.Listen("unix", u.Path)
+		if err != nil {
+			return nil, "", fmt.Errorf("Failed to bind socket to %s: %s", u.Path, strerror(err))
+		}
+		return l, u.Path, nil
+	case "inet":
+		var a InetSocketAddress
+		if err := qmp.Decode(data, path, &a); err != nil {
+			return nil, "", err
+		}
+		network := "tcp"
+		if a.IPv4 != nil && *a.IPv4 {
+			network = "tcp4"
+		} else if a.IPv6 != nil && *a.IPv6 {
+			network = "tcp6"
+		}
+		l, err := net.Listen(network, net.JoinHostPort(a.Host, a.Port))
+		if err != nil {
+			return nil, "", fmt.Errorf("Failed to bind socket: %s", strerror(err))
+		}
+		return l, "", nil
+	}
+	return nil, "", fmt.Errorf("Socket address type '%s' is not supported by blockd's NBD server", typ)
+}
+
+// strerror is the C library's wording of an OS error, as QEMU prints it.
+func strerror(err error) string {
+	var se *os.SyscallError
+	if errors.As(err, &se) {
+		err = se.Err
+	}
+	s := err.Error()
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+func (s *Server) nbdServerStart(ctx context.Context, a *nbdServerStartArgs) (empty, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.exports.srv != nil {
+		return empty{}, errors.New("NBD server already running")
+	}
+	if a.TLSCreds != nil || a.TLSAuthz != nil {
+		return empty{}, errors.New("TLS is not supported by blockd's NBD server yet")
+	}
+	l, path, err := listen(a.Addr.Type, a.Addr.Data, "addr.data")
+	if err != nil {
+		return empty{}, err
+	}
+	return empty{}, s.startNBDLocked(l, path, a.MaxConnections)
+}
+
+func (s *Server) startNBDLocked(l net.Listener, path string, maxConn *uint32) error {
+	o := nbd.ServerOptions{Logger: s.log.WithField("component", "nbd")}
+	if maxConn != nil {
+		o.MaxConnections = int(*maxConn)
+	}
+	srv := nbd.NewServer(o)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(l); err != nil && !errors.Is(err, nbd.ErrServerClosed) {
+			s.log.WithError(err).Warn("nbd: serve")
+		}
+	}()
+	s.exports = exportState{srv: srv, listener: l, unixPath: path, serveDone: done, exports: map[string]*export{}}
+	return nil
+}
+
+func (s *Server) nbdServerStop(ctx context.Context, a *struct{}) (empty, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.exports.srv == nil {
+		return empty{}, errors.New("NBD server not running")
+	}
+	s.stopNBDLocked()
+	return empty{}, nil
+}
+
+// stopNBDLocked deletes every export (BLOCK_EXPORT_DELETED each, in id
+// order as qsd), then closes the server.
+func (s *Server) stopNBDLocked() {
+	ids := make([]string, 0, len(s.exports.exports))
+	for id := range s.exports.exports {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		s.deleteExportLocked(s.exports.exports[id], true)
+	}
+	s.exports.srv.Close()
+	<-s.exports.serveDone
+	if s.exports.unixPath != "" {
+		_ = os.Remove(s.exports.unixPath)
+	}
+	s.exports = exportState{}
+}
+
+func (s *Server) stopExports(ctx context.Context) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.exports.srv != nil {
+		s.stopNBDLocked()
+	}
+}
+
+// ExportType is BlockExportType.
+type ExportType string
+
+// EnumValues implements qmp.Enum.
+func (ExportType) EnumValues() []string {
+	return []string{"nbd", "vhost-user-blk", "fuse", "vduse-blk"}
+}
+
+// ExportArgs are block-export-add's common members.
+type ExportArgs struct {
+	Type          ExportType `json:"type"`
+	ID            string     `json:"id"`
+	FixedIOThread *bool      `json:"fixed-iothread,omitempty"`
+	IOThread      *string    `json:"iothread,omitempty"`
+	NodeName      string     `json:"node-name"`
+	Writable      *bool      `json:"writable,omitempty"`
+	Writethrough  *bool      `json:"writethrough,omitempty"`
+}
+
+// NBDExportArgs are block-export-add's members for type nbd.
+type NBDExportArgs struct {
+	Name            *string  `json:"name,omitempty"`
+	Description     *string  `json:"description,omitempty"`
+	Bitmaps         []string `json:"bitmaps,omitempty"`
+	AllocationDepth *bool    `json:"allocation-depth,omitempty"`
+}
+
+func (s *Server) blockExportAdd(ctx context.Context, raw json.RawMessage) (any, error) {
+	var a ExportArgs
+	var n NBDExportArgs
+	var head struct {
+		Type ExportType `json:"type"`
+	}
+	if err := qmp.Decode(args(raw), "", &head, &map[string]json.RawMessage{}); err != nil {
+		return nil, err
+	}
+	if head.Type != "nbd" {
+		return nil, fmt.Errorf("Export type '%s' is not supported by blockd", head.Type)
+	}
+	if err := qmp.Decode(args(raw), "", &a, &n); err != nil {
+		return nil, err
+	}
+	return empty{}, s.addExport(ctx, &a, &n)
+}
+
+func (s *Server) addExport(ctx context.Context, a *ExportArgs, n *NBDExportArgs) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.exports.srv == nil {
+		return errors.New("NBD server not running")
+	}
+	if !block.ValidID(a.ID) {
+		return fmt.Errorf("Invalid block export id '%s'", a.ID)
+	}
+	if s.exports.exports[a.ID] != nil {
+		return fmt.Errorf("Block export id '%s' is already in use", a.ID)
+	}
+	if len(n.Bitmaps) > 0 {
+		return errors.New("Exporting dirty bitmaps is not supported by blockd yet")
+	}
+	if a.IOThread != nil {
+		return errors.New("iothreads are not used by blockd; omit 'iothread'")
+	}
+	name := a.NodeName
+	if n.Name != nil {
+		name = *n.Name
+	}
+	if len(name) > 4096 {
+		return errors.New("export name too long")
+	}
+	if s.exports.srv.Export(name) != nil {
+		return fmt.Errorf("NBD server already has export named '%s'", name)
+	}
+	writable := a.Writable != nil && *a.Writable
+	tx := s.G.Begin()
+	defer tx.Abort()
+	node := tx.Graph().Lookup(a.NodeName)
+	if node == nil {
+		return fmt.Errorf("Cannot find device='' nor node-name='%s'", a.NodeName)
+	}
+	perm := block.PermConsistentRead
+	if writable {
+		perm |= block.PermWrite
+	}
+	// compat(qsd-7.2): an export lets others do anything but resize.
+	root, err := tx.NewRoot(node, block.RootOptions{Perm: perm, Shared: block.PermAll &^ block.PermResize})
+	if err != nil {
+		return err
+	}
+	desc := ""
+	if n.Description != nil {
+		desc = *n.Description
+	}
+	be := &nodeBackend{root: root, writethrough: a.Writethrough != nil && *a.Writethrough}
+	ex, err := s.exports.srv.AddExport(be, nbd.ExportOptions{
+		Name:            name,
+		Description:     desc,
+		Writable:        writable,
+		AllocationDepth: n.AllocationDepth != nil && *n.AllocationDepth,
+		MultiConn:       true,
+	})
+	if err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		_ = s.exports.srv.RemoveExport(name, true)
+		return err
+	}
+	s.exports.exports[a.ID] = &export{id: a.ID, root: root, nbd: ex}
+	return nil
+}
+
+// ExportDelMode is BlockExportRemoveMode.
+type ExportDelMode string
+
+// EnumValues implements qmp.Enum.
+func (ExportDelMode) EnumValues() []string { return []string{"safe", "hard"} }
+
+type exportDelArgs struct {
+	ID   string         `json:"id"`
+	Mode *ExportDelMode `json:"mode,omitempty"`
+}
+
+func (s *Server) blockExportDel(ctx context.Context, a *exportDelArgs) (empty, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.exports.exports[a.ID]
+	if e == nil {
+		return empty{}, fmt.Errorf("Export '%s' is not found", a.ID)
+	}
+	hard := a.Mode != nil && *a.Mode == "hard"
+	if !hard && e.nbd.Clients() > 0 {
+		return empty{}, fmt.Errorf("export '%s' still in use", a.ID)
+	}
+	s.deleteExportLocked(e, hard)
+	return empty{}, nil
+}
+
+// deleteExportLocked stops serving e, releases its node and emits
+// BLOCK_EXPORT_DELETED.
+func (s *Server) deleteExportLocked(e *export, hard bool) {
+	if err := s.exports.srv.RemoveExport(e.nbd.Name(), true); err != nil {
+		s.log.WithError(err).WithField("export", e.id).Warn("nbd: removing export")
+	}
+	delete(s.exports.exports, e.id)
+	s.detachRoot(e.root)
+	s.emit.Emit("BLOCK_EXPORT_DELETED", map[string]any{"id": e.id})
+}
+
+type exportInfo struct {
+	Type         string `json:"type"`
+	ID           string `json:"id"`
+	NodeName     string `json:"node-name"`
+	ShuttingDown bool   `json:"shutting-down"`
+}
+
+func (s *Server) queryBlockExports(ctx context.Context, a *struct{}) ([]exportInfo, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.G.Lock()
+	defer s.G.Unlock()
+	out := []exportInfo{}
+	for _, e := range s.exports.exports {
+		out = append(out, exportInfo{Type: "nbd", ID: e.id, NodeName: e.root.Node().Name()})
+	}
+	// compat(qsd-7.2): newest export first.
+	sort.Slice(out, func(i, j int) bool { return out[i].ID > out[j].ID })
+	return out, nil
+}
+
+// nodeBackend serves a node through its export's root.
+type nodeBackend struct {
+	root         *block.Root
+	writethrough bool
+	mu           sync.Mutex
+}
+
+func (b *nodeBackend) Size() int64 { return b.root.Size() }
+
+func (b *nodeBackend) ReadAt(ctx context.Context, p []byte, off int64) error {
+	return b.root.ReadAt(ctx, p, off, 0)
+}
+
+func (b *nodeBackend) flags(fua bool) block.Flags {
+	if fua || b.writethrough {
+		return block.FlagFUA
+	}
+	return 0
+}
+
+func (b *nodeBackend) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	return b.root.WriteAt(ctx, p, off, b.flags(fua))
+}
+
+func (b *nodeBackend) Zero(ctx context.Context, off, n int64, mayTrim, fua, fast bool) error {
+	f := b.flags(fua)
+	if mayTrim {
+		f |= block.FlagMayUnmap
+	}
+	if fast {
+		f |= block.FlagNoFallback
+	}
+	err := b.root.Zero(ctx, off, n, f)
+	if errors.Is(err, block.ErrNotSupported) {
+		return fmt.Errorf("%w: %w", nbd.ErrNotSupported, err)
+	}
+	return err
+}
+
+func (b *nodeBackend) Trim(ctx context.Context, off, n int64, fua bool) error {
+	if err := b.root.Discard(ctx, off, n); err != nil {
+		return err
+	}
+	if fua || b.writethrough {
+		return b.root.Flush(ctx)
+	}
+	return nil
+}
+
+func (b *nodeBackend) Flush(ctx context.Context) error { return b.root.Flush(ctx) }
+
+func (b *nodeBackend) Cache(ctx context.Context, off, n int64) error { return nil }
+
+// BlockStatus reports what the node's whole chain says, looking through
+// filters: holes are ranges no layer allocates.
+func (b *nodeBackend) BlockStatus(ctx context.Context, off, n int64) ([]nbd.Extent, error) {
+	var out []nbd.Extent
+	err := b.root.Do(func(c *block.Child) error {
+		top := c.Node()
+		end := min(off+n, top.Size())
+		for off < end && len(out) < 64 {
+			st, err := block.StatusAbove(ctx, top, nil, off, end-off)
+			if err != nil {
+				return err
+			}
+			e := nbd.Extent{Length: st.Len, Hole: !st.Data, Zero: st.Zero, Depth: st.Depth}
+			if k := len(out); k > 0 && out[k-1].Hole == e.Hole && out[k-1].Zero == e.Zero && out[k-1].Depth == e.Depth {
+				out[k-1].Length += e.Length
+			} else {
+				out = append(out, e)
+			}
+			off += st.Len
+		}
+		return nil
+	})
+	return out, err
+}

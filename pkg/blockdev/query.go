@@ -1,0 +1,324 @@
+package blockdev
+
+import (
+	"context"
+	"encoding/json"
+	"sort"
+	"strings"
+
+	"github.com/blockd/blockd/pkg/block"
+)
+
+// ImageInfo is QMP's ImageInfo.
+type ImageInfo struct {
+	Filename              string         `json:"filename"`
+	Format                string         `json:"format"`
+	VirtualSize           int64          `json:"virtual-size"`
+	ActualSize            *int64         `json:"actual-size,omitempty"`
+	DirtyFlag             *bool          `json:"dirty-flag,omitempty"`
+	ClusterSize           int64          `json:"cluster-size,omitempty"`
+	BackingFilename       string         `json:"backing-filename,omitempty"`
+	FullBackingFilename   string         `json:"full-backing-filename,omitempty"`
+	BackingFilenameFormat string         `json:"backing-filename-format,omitempty"`
+	BackingImage          *ImageInfo     `json:"backing-image,omitempty"`
+	FormatSpecific        map[string]any `json:"format-specific,omitempty"`
+}
+
+// BlockDeviceInfo is QMP's BlockDeviceInfo (query-named-block-nodes).
+type BlockDeviceInfo struct {
+	File             string     `json:"file"`
+	NodeName         string     `json:"node-name"`
+	RO               bool       `json:"ro"`
+	Drv              string     `json:"drv"`
+	BackingFile      string     `json:"backing_file,omitempty"`
+	BackingFileDepth int        `json:"backing_file_depth"`
+	Encrypted        bool       `json:"encrypted"`
+	DetectZeroes     string     `json:"detect_zeroes"`
+	Bps              int64      `json:"bps"`
+	BpsRd            int64      `json:"bps_rd"`
+	BpsWr            int64      `json:"bps_wr"`
+	Iops             int64      `json:"iops"`
+	IopsRd           int64      `json:"iops_rd"`
+	IopsWr           int64      `json:"iops_wr"`
+	Image            *ImageInfo `json:"image"`
+	Cache            cacheInfo  `json:"cache"`
+	WriteThreshold   int64      `json:"write_threshold"`
+}
+
+type cacheInfo struct {
+	Writeback bool `json:"writeback"`
+	Direct    bool `json:"direct"`
+	NoFlush   bool `json:"no-flush"`
+}
+
+type namedNodesArgs struct {
+	Flat *bool `json:"flat,omitempty"`
+}
+
+func (s *Server) queryNamedBlockNodes(ctx context.Context, a *namedNodesArgs) ([]BlockDeviceInfo, error) {
+	s.G.Lock()
+	defer s.G.Unlock()
+	flat := a.Flat != nil && *a.Flat
+	out := []BlockDeviceInfo{}
+	for _, n := range s.G.Nodes() {
+		out = append(out, deviceInfo(ctx, n, flat))
+	}
+	return out, nil
+}
+
+func deviceInfo(ctx context.Context, n *block.Node, flat bool) BlockDeviceInfo {
+	c := n.Common()
+	d := BlockDeviceInfo{
+		File:         Filename(n),
+		NodeName:     n.Name(),
+		RO:           n.ReadOnly(),
+		Drv:          n.Driver().Name,
+		DetectZeroes: "off",
+		Image:        imageInfo(ctx, n, !flat),
+		Cache:        cacheInfo{Writeback: true, Direct: c.Direct(), NoFlush: c.NoFlush()},
+	}
+	if c.DetectZeroes != "" {
+		d.DetectZeroes = string(c.DetectZeroes)
+	}
+	if b := block.COWChild(n); b != nil {
+		d.BackingFile = Filename(b.Node())
+	} else if bf, ok := n.Impl().(block.BackingFiler); ok {
+		if name, _ := bf.BackingFile(); name != "" {
+			d.BackingFile = block.ResolveBacking(Filename(n), name)
+		}
+	}
+	if !flat {
+		for x := block.BackingChainNext(n); x != nil; x = block.BackingChainNext(x) {
+			d.BackingFileDepth++
+		}
+	}
+	return d
+}
+
+func imageInfo(ctx context.Context, n *block.Node, nested bool) *ImageInfo {
+	i := &ImageInfo{
+		Filename:    Filename(n),
+		Format:      n.Driver().Name,
+		VirtualSize: n.Size(),
+		ActualSize:  actualSize(n),
+		DirtyFlag:   dirtyFlag(ctx, n),
+	}
+	if inf, ok := n.Impl().(block.Infoer); ok {
+		x := inf.ImageInfo(ctx)
+		i.ClusterSize = x.ClusterSize
+		i.FormatSpecific = x.FormatSpecific
+		if x.ActualSize != nil {
+			i.ActualSize = x.ActualSize
+		}
+	}
+	if bf, ok := n.Impl().(block.BackingFiler); ok {
+		name, format := bf.BackingFile()
+		if name != "" {
+			i.BackingFilename = name
+			i.FullBackingFilename = block.ResolveBacking(storageFilename(n), name)
+			i.BackingFilenameFormat = format
+		}
+	}
+	if nested {
+		if b := block.COWChild(n); b != nil {
+			i.BackingImage = imageInfo(ctx, b.Node(), true)
+		}
+	}
+	return i
+}
+
+// storageFilename is the file name of the protocol node below n.
+func storageFilename(n *block.Node) string {
+	for x := n; x != nil; {
+		if _, ok := x.Impl().(block.Filenamer); ok {
+			return x.Filename()
+		}
+		c := block.StorageChild(x)
+		if c == nil {
+			break
+		}
+		x = c.Node()
+	}
+	return ""
+}
+
+// actualSize follows QEMU: protocol drivers say it themselves (or not),
+// filters report their child's, formats the sum of their children's.
+func actualSize(n *block.Node) *int64 {
+	if as, ok := n.Impl().(block.AllocatedSizer); ok {
+		v, err := as.AllocatedSize()
+		if err != nil {
+			return nil
+		}
+		return &v
+	}
+	switch {
+	case n.Driver().Kind == block.KindProtocol:
+		return nil
+	case n.IsFilter():
+		if c := block.FilteredChild(n); c != nil {
+			return actualSize(c.Node())
+		}
+		return nil
+	}
+	var sum int64
+	for _, c := range n.Children() {
+		if c.Role()&block.RoleCOW != 0 {
+			continue
+		}
+		v := actualSize(c.Node())
+		if v == nil {
+			return nil
+		}
+		sum += *v
+	}
+	return &sum
+}
+
+// dirtyFlag is reported by drivers that know it; formats without header
+// state and filters report their storage's, files always have one.
+func dirtyFlag(ctx context.Context, n *block.Node) *bool {
+	if inf, ok := n.Impl().(block.Infoer); ok {
+		if d := inf.ImageInfo(ctx).DirtyFlag; d != nil {
+			return d
+		}
+	}
+	if n.Driver().Name == "file" {
+		f := false
+		return &f
+	}
+	if n.Driver().Kind == block.KindProtocol {
+		return nil
+	}
+	if c := block.PrimaryChild(n); c != nil && c.Role()&(block.RoleFiltered) != 0 {
+		return dirtyFlag(ctx, c.Node())
+	}
+	return nil
+}
+
+// plainKeys are options that do not stop a node from being described by
+// its file's name.
+var plainKeys = map[string]bool{
+	"driver": true, "node-name": true, "file": true, "read-only": true, "cache": true,
+	"discard": true, "detect-zeroes": true, "auto-read-only": true, "force-share": true,
+}
+
+// Filename is the name QMP reports for a node: the protocol's own name, a
+// format's or filter's file name when its options add nothing to it, and
+// otherwise a json: pseudo-filename of its options, as QEMU builds it.
+func Filename(n *block.Node) string {
+	if _, ok := n.Impl().(block.Filenamer); ok {
+		return n.Filename()
+	}
+	if n.IsFilter() || !isPlain(n) {
+		return "json:" + string(mustJSON(fullOptions(n)))
+	}
+	if c := block.PrimaryChild(n); c != nil {
+		return Filename(c.Node())
+	}
+	return ""
+}
+
+func isPlain(n *block.Node) bool {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(n.RawOptions(), &m) != nil {
+		return false
+	}
+	for k := range m {
+		if !plainKeys[k] {
+			return false
+		}
+	}
+	return true
+}
+
+// fullOptions describes a node by its driver options and its children's,
+// without node names and runtime-only options.
+func fullOptions(n *block.Node) map[string]any {
+	if _, ok := n.Impl().(block.Filenamer); ok && n.Driver().Name == "file" {
+		return map[string]any{"driver": "file", "filename": n.Filename()}
+	}
+	m := map[string]any{}
+	var raw map[string]any
+	_ = json.Unmarshal(n.RawOptions(), &raw)
+	for k, v := range raw {
+		switch k {
+		case "node-name", "read-only", "cache", "discard", "detect-zeroes", "auto-read-only", "force-share":
+			continue
+		}
+		m[k] = v
+	}
+	m["driver"] = n.Driver().Name
+	for _, c := range n.Children() {
+		name := c.Name()
+		if strings.HasPrefix(name, "children.") {
+			continue
+		}
+		m[name] = fullOptions(c.Node())
+	}
+	return m
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return []byte("{}")
+	}
+	return b
+}
+
+func (s *Server) queryBlock(ctx context.Context, a *struct{}) ([]any, error) {
+	// compat(qsd-7.2): qsd has no named block devices, so query-block is
+	// always empty; exports use anonymous backends.
+	return []any{}, nil
+}
+
+// graph query
+
+type graphNode struct {
+	ID   int    `json:"id"`
+	Type string `json:"type"`
+	Name string `json:"name"`
+}
+
+type graphEdge struct {
+	Parent     int      `json:"parent"`
+	Child      int      `json:"child"`
+	Name       string   `json:"name"`
+	Perm       []string `json:"perm"`
+	SharedPerm []string `json:"shared-perm"`
+}
+
+type blockGraph struct {
+	Nodes []graphNode `json:"nodes"`
+	Edges []graphEdge `json:"edges"`
+}
+
+func (s *Server) queryBlockGraph(ctx context.Context, a *struct{}) (blockGraph, error) {
+	s.G.Lock()
+	defer s.G.Unlock()
+	ids := map[any]int{}
+	g := blockGraph{Nodes: []graphNode{}, Edges: []graphEdge{}}
+	id := func(p block.Parent) int {
+		if v, ok := ids[p]; ok {
+			return v
+		}
+		v := len(ids) + 1
+		ids[p] = v
+		kind, name := p.ParentInfo()
+		g.Nodes = append(g.Nodes, graphNode{ID: v, Type: kind, Name: name})
+		return v
+	}
+	nodes := s.G.Nodes()
+	for _, n := range nodes {
+		id(n)
+	}
+	for _, n := range nodes {
+		for _, c := range n.Parents() {
+			perm, shared := c.Perm()
+			g.Edges = append(g.Edges, graphEdge{Parent: id(c.Parent()), Child: id(n), Name: c.Name(), Perm: perm.Names(), SharedPerm: shared.Names()})
+		}
+	}
+	sort.SliceStable(g.Edges, func(i, j int) bool { return g.Edges[i].Parent > g.Edges[j].Parent })
+	return g, nil
+}
