@@ -1,0 +1,60 @@
+# blockd: a block-storage daemon with qemu-storage-daemon 7.2's QMP.
+#
+#   make run    build blockd and start it on ./blockd.sock
+#   make test   install what the tests need, then run every test:
+#               unit tests (with -race) and the iotests against blockd
+#               and against qemu-storage-daemon
+
+GO       ?= go
+BIN      := bin/blockd
+SOCK     ?= $(CURDIR)/blockd.sock
+NBDSOCK  ?= $(CURDIR)/blockd-nbd.sock
+
+.PHONY: all build run test unit iotests iotests-blockd iotests-qsd lint deps bench fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/blockd
+	$(GO) build -o bin/qmpc ./cmd/qmpc
+
+run: build
+	@echo "blockd: QMP on $(SOCK), NBD server on $(NBDSOCK)"
+	@echo "next, in another terminal:"
+	@echo "  qemu-img create -f qcow2 disk.qcow2 1G"
+	@echo "  bin/qmpc $(SOCK) 'blockdev-add {\"driver\":\"qcow2\",\"node-name\":\"disk\",\"file\":{\"driver\":\"file\",\"filename\":\"disk.qcow2\"}}'"
+	@echo "  bin/qmpc $(SOCK) 'block-export-add {\"type\":\"nbd\",\"id\":\"e0\",\"node-name\":\"disk\",\"writable\":true}'"
+	@echo "  bin/qmpc $(SOCK) query-named-block-nodes"
+	@echo "  nbdinfo 'nbd+unix:///disk?socket=$(NBDSOCK)'"
+	@echo "stop it with Ctrl-C (or the QMP command quit)"
+	exec ./$(BIN) --qmp $(SOCK) --nbd-server addr.type=unix,addr.path=$(NBDSOCK)
+
+deps:
+	@./scripts/deps.sh
+
+test: deps lint unit iotests
+
+unit:
+	$(GO) test -race -count=1 ./pkg/... ./cmd/...
+
+iotests: iotests-blockd iotests-qsd
+
+iotests-blockd:
+	IOTESTS_DAEMON=blockd $(GO) test -count=1 -timeout 30m ./tests/iotests/
+
+iotests-qsd:
+	IOTESTS_DAEMON=qsd $(GO) test -count=1 -timeout 30m ./tests/iotests/
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+bench: build
+	./bench/run.sh
+
+fuzz:
+	$(GO) test -run=^$$ -fuzz=FuzzParse -fuzztime=60s ./pkg/qmp/
+
+clean:
+	rm -rf bin

@@ -1,0 +1,244 @@
+package iotests
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+func unixAddr(path string) map[string]any {
+	return map[string]any{"type": "unix", "data": map[string]any{"path": path}}
+}
+
+// startNBD starts the daemon's NBD server on a UNIX socket and returns it.
+func startNBD(d *Daemon) string {
+	sock := d.Path("nbd.sock")
+	d.Cmd("nbd-server-start", map[string]any{"addr": unixAddr(sock)})
+	return sock
+}
+
+// TestNBDServerAndExportCommands replays qsd's NBD transcript: the errors,
+// defaults and events of the server and export commands.
+func TestNBDServerAndExportCommands(t *testing.T) {
+	d := start(t)
+	mkRaw(t, d.Path("a.raw"), "64M")
+	d.Cmd("blockdev-add", map[string]any{"driver": "raw", "node-name": "top", "file": map[string]any{"driver": "file", "filename": d.Path("a.raw")}})
+	d.Cmd("blockdev-add", map[string]any{"driver": "null-co", "node-name": "nul", "size": 1 << 20, "read-zeroes": true})
+	d.MustFail("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "top"}, "GenericError", "NBD server not running")
+	d.MustFail("nbd-server-stop", nil, "GenericError", "NBD server not running")
+	if got := string(d.Cmd("query-block-exports", nil)); got != "[]" {
+		t.Errorf("query-block-exports = %s", got)
+	}
+	sock := startNBD(d)
+	d.MustFail("nbd-server-start", map[string]any{"addr": unixAddr(sock + "2")}, "GenericError", "NBD server already running")
+	d.MustFail("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "path": sock + "3"}}, "GenericError", "Parameter 'addr.data' is missing")
+	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "top"})
+	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e1", "node-name": "nul", "name": "zeros", "description": "a null-co disk", "writable": true})
+	d.MustFail("block-export-add", map[string]any{"type": "nbd", "id": "e2", "node-name": "top", "name": "top"}, "GenericError", "NBD server already has export named 'top'")
+	d.MustFail("block-export-add", map[string]any{"type": "nbd", "id": "e3", "node-name": "nosuch"}, "GenericError", "Cannot find device='' nor node-name='nosuch'")
+	d.MustFail("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "nul", "name": "other"}, "GenericError", "Block export id 'e0' is already in use")
+	d.MustFail("block-export-del", map[string]any{"id": "nosuch"}, "GenericError", "Export 'nosuch' is not found")
+	var exps []map[string]any
+	d.CmdInto("query-block-exports", nil, &exps)
+	if len(exps) != 2 {
+		t.Fatalf("query-block-exports = %v", exps)
+	}
+	for _, e := range exps {
+		if e["type"] != "nbd" || e["shutting-down"] != false {
+			t.Errorf("export entry %v", e)
+		}
+		if (e["id"] == "e0") != (e["node-name"] == "top") {
+			t.Errorf("export entry %v names the wrong node", e)
+		}
+	}
+
+	list := run(t, "nbdinfo", "--list", nbdURI(sock, ""))
+	for _, want := range []string{`export="top"`, `export="zeros"`, "description: a null-co disk", "is_read_only: true", "is_read_only: false", "export-size: 67108864", "export-size: 1048576"} {
+		if !strings.Contains(list, want) {
+			t.Errorf("nbdinfo --list lacks %q:\n%s", want, list)
+		}
+	}
+	// The default export is read-only.
+	out, err := runErr("qemu-io", "-f", "raw", "-c", "write -P 0x77 0 64k", nbdURI(sock, "top"))
+	if err == nil || !strings.Contains(out, "Permission denied") {
+		t.Errorf("write to a read-only export: %v\n%s", err, out)
+	}
+	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x77 0 64k", nbdURI(sock, "zeros"))
+
+	// nbd-server-stop deletes every export, with an event each before the reply.
+	d.Events()
+	d.Cmd("nbd-server-stop", nil)
+	var ids []string
+	for _, e := range d.Events() {
+		if e.Event == "BLOCK_EXPORT_DELETED" {
+			ids = append(ids, e.Data["id"].(string))
+		}
+	}
+	if strings.Join(ids, ",") != "e0,e1" {
+		t.Errorf("BLOCK_EXPORT_DELETED before nbd-server-stop's reply: %v", ids)
+	}
+	if got := string(d.Cmd("query-block-exports", nil)); got != "[]" {
+		t.Errorf("query-block-exports after stop = %s", got)
+	}
+
+	// TCP, with an explicit port, and block-export-del mode=hard.
+	port := freePort(t)
+	d.Cmd("nbd-server-start", map[string]any{"addr": map[string]any{"type": "inet", "data": map[string]any{"host": "127.0.0.1", "port": port}}, "max-connections": 2})
+	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "t1", "node-name": "top"})
+	if got := strings.TrimSpace(run(t, "nbdinfo", "--size", "nbd://127.0.0.1:"+port+"/top")); got != "67108864" {
+		t.Errorf("nbdinfo --size over TCP = %s", got)
+	}
+	d.Cmd("block-export-del", map[string]any{"id": "t1", "mode": "hard"})
+	d.Cmd("nbd-server-stop", nil)
+}
+
+func freePort(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
+}
+
+type mapEntry struct {
+	Start  int64 `json:"start"`
+	Length int64 `json:"length"`
+	Depth  int   `json:"depth"`
+	Data   bool  `json:"data"`
+	Zero   bool  `json:"zero"`
+}
+
+// imgMap returns qemu-img map's JSON, with neighbours of the same kind merged.
+func imgMap(t *testing.T, args ...string) []mapEntry {
+	t.Helper()
+	out := run(t, "qemu-img", append([]string{"map", "--output=json"}, args...)...)
+	var m []mapEntry
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
+		t.Fatalf("qemu-img map: %v\n%s", err, out)
+	}
+	var merged []mapEntry
+	for _, e := range m {
+		if k := len(merged); k > 0 && merged[k-1].Data == e.Data && merged[k-1].Zero == e.Zero {
+			merged[k-1].Length += e.Length
+			continue
+		}
+		merged = append(merged, mapEntry{Start: e.Start, Length: e.Length, Data: e.Data, Zero: e.Zero})
+	}
+	return merged
+}
+
+// TestNBDDataPath writes and reads a raw image through an export with the
+// real clients and checks the results with qemu-img on the file itself.
+func TestNBDDataPath(t *testing.T) {
+	d := start(t)
+	img := d.Path("a.raw")
+	mkRaw(t, img, "16M")
+	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x11 1M 1M", "-c", "write -P 0x22 5M 64k", img)
+	d.Cmd("blockdev-add", map[string]any{"driver": "raw", "node-name": "disk", "discard": "unmap", "file": map[string]any{"driver": "file", "filename": img}})
+	sock := startNBD(d)
+	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "disk", "writable": true})
+	uri := nbdURI(sock, "disk")
+
+	// Reads through the export see what qemu-io wrote to the file.
+	run(t, "qemu-io", "-f", "raw", "-c", "read -P 0x11 1M 1M", "-c", "read -P 0x22 5M 64k", "-c", "read -P 0 0 1M", uri)
+	// Writes, write-zeroes and discards through the export.
+	run(t, "qemu-io", "-f", "raw",
+		"-c", "write -P 0x33 8M 512k",
+		"-c", "write -P 0x44 100000 3000", // unaligned
+		"-c", "write -z 1M 256k",
+		"-c", "discard 5M 64k",
+		"-c", "aio_write -P 0x55 10M 64k", "-c", "aio_write -P 0x66 11M 64k", "-c", "aio_flush",
+		uri)
+	run(t, "qemu-io", "-f", "raw", "-c", "read -P 0x33 8M 512k", "-c", "read -P 0x44 100000 3000", "-c", "read -P 0 1M 256k",
+		"-c", "read -P 0x11 1280k 768k", "-c", "read -P 0 5M 64k", "-c", "read -P 0x55 10M 64k", "-c", "read -P 0x66 11M 64k", uri)
+
+	// Block status through the export matches the file's own map.
+	nbdMap := run(t, "nbdinfo", "--map", uri)
+	got := imgMap(t, "-f", "raw", uri)
+	want := imgMap(t, "-U", "-f", "raw", img)
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("qemu-img map over NBD:\n%v\nof the file:\n%v\nnbdinfo --map:\n%s", got, want, nbdMap)
+	}
+	// Whole-image tools: compare, convert, nbdcopy.
+	run(t, "qemu-img", "compare", "-U", "-f", "raw", "-F", "raw", uri, img)
+	run(t, "qemu-img", "convert", "-f", "raw", "-O", "raw", uri, d.Path("copy.raw"))
+	run(t, "qemu-img", "compare", "-U", "-f", "raw", "-F", "raw", d.Path("copy.raw"), img)
+	run(t, "nbdcopy", uri, d.Path("copy2.raw"))
+	run(t, "qemu-img", "compare", "-U", "-f", "raw", "-F", "raw", d.Path("copy2.raw"), img)
+	// nbdcopy into the export: the image becomes the other file's data.
+	src := d.Path("src.raw")
+	mkRaw(t, src, "16M")
+	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x99 3M 2M", src)
+	run(t, "nbdcopy", src, uri)
+	run(t, "qemu-img", "compare", "-U", "-f", "raw", "-F", "raw", src, uri)
+	d.Cmd("block-export-del", map[string]any{"id": "e0"})
+	d.WaitEvent("BLOCK_EXPORT_DELETED", 10*time.Second)
+	d.Cmd("blockdev-del", map[string]any{"node-name": "disk"})
+	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", src, img)
+}
+
+// TestNBDFio runs fio's nbd engine against an export, verifying data.
+func TestNBDFio(t *testing.T) {
+	if _, err := exec.LookPath("fio"); err != nil {
+		t.Skip("fio is not installed")
+	}
+	d := start(t)
+	img := d.Path("a.raw")
+	mkRaw(t, img, "64M")
+	d.Cmd("blockdev-add", map[string]any{"driver": "raw", "node-name": "disk", "file": map[string]any{"driver": "file", "filename": img}})
+	sock := startNBD(d)
+	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "disk", "writable": true})
+	out, err := runErr("fio", "--name=verify", "--ioengine=nbd", "--uri="+nbdURI(sock, "disk"),
+		"--rw=randwrite", "--bs=4k", "--iodepth=16", "--size=16M", "--verify=crc32c", "--do_verify=1", "--output-format=terse")
+	if err != nil {
+		if strings.Contains(out, "engine nbd not loadable") || strings.Contains(out, "failed to load engine") {
+			t.Skip("this fio has no nbd engine")
+		}
+		t.Fatalf("fio: %v\n%s", err, out)
+	}
+}
+
+// TestNBDHostileClients: garbage, truncated handshakes and clients that
+// vanish mid-request affect only themselves; the monitor and other
+// clients keep working.
+func TestNBDHostileClients(t *testing.T) {
+	d := start(t)
+	d.Cmd("blockdev-add", map[string]any{"driver": "null-co", "node-name": "n", "size": 1 << 20, "read-zeroes": true})
+	sock := startNBD(d)
+	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "n", "writable": true})
+	for _, payload := range [][]byte{
+		[]byte("GET / HTTP/1.0\r\n\r\n"),
+		{0, 0, 0, 3},                          // short client flags
+		append([]byte{0, 0, 0, 3}, 0xff, 0xff), // flags, then garbage option
+		append([]byte{0, 0, 0, 3}, []byte("IHAVEOPT\x00\x00\x00\x07\xff\xff\xff\xff")...), // option length 4 GiB
+	} {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 152)
+		c.Read(buf) // greeting
+		c.Write(payload)
+		c.Read(buf)
+		c.Close()
+	}
+	// A client that sends a read request and disappears before the reply.
+	if c, err := net.Dial("unix", sock); err == nil {
+		c.Write([]byte{0, 0, 0, 3})
+		c.Close()
+	}
+	if got := strings.TrimSpace(run(t, "nbdinfo", "--size", nbdURI(sock, "n"))); got != "1048576" {
+		t.Errorf("nbdinfo after hostile clients: %s", got)
+	}
+	if _, err := d.Try("query-block-exports", nil); err != nil {
+		t.Errorf("monitor after hostile clients: %v", err)
+	}
+	_ = os.Remove
+}
