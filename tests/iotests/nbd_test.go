@@ -214,7 +214,7 @@ func TestNBDHostileClients(t *testing.T) {
 	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "n", "writable": true})
 	for _, payload := range [][]byte{
 		[]byte("GET / HTTP/1.0\r\n\r\n"),
-		{0, 0, 0, 3},                          // short client flags
+		{0, 0, 0, 3},                           // short client flags
 		append([]byte{0, 0, 0, 3}, 0xff, 0xff), // flags, then garbage option
 		append([]byte{0, 0, 0, 3}, []byte("IHAVEOPT\x00\x00\x00\x07\xff\xff\xff\xff")...), // option length 4 GiB
 	} {

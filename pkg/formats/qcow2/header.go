@@ -225,11 +225,6 @@ func parseHeader(buf []byte) (*header, error) {
 	if h.incompat&incompatExtL2 != 0 && h.clusterBits < 14 {
 		return nil, errHeader(block.ErrNotSupported, "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes")
 	}
-	if h.autoclear&autoclearDataRaw != 0 && h.incompat&incompatDataFile == 0 {
-		// Raw external data without an external data file is meaningless;
-		// QEMU clears it on open. So do we (when writable).
-	}
-
 	if h.backingOffset != 0 {
 		if h.backingSize > maxBackingName || h.backingSize >= uint32(clusterSize) {
 			return nil, errHeader(block.ErrInvalid, "Backing file name too long")
@@ -356,8 +351,21 @@ var knownFeatures = []struct {
 
 // encodeHeader builds the first cluster of a new image: the fixed header,
 // the backing format and feature name table extensions, and the backing
-// file name after the end of the extensions.
+// file name after the end of the extensions. The feature name table is
+// optional and left out when it does not fit beside the backing file name
+// (512-byte clusters).
 func encodeHeader(h *header, clusterSize int) ([]byte, error) {
+	buf, ok := encodeHeaderWith(h, clusterSize, true)
+	if !ok {
+		buf, ok = encodeHeaderWith(h, clusterSize, false)
+	}
+	if !ok {
+		return nil, fmt.Errorf("Backing file name too long")
+	}
+	return buf, nil
+}
+
+func encodeHeaderWith(h *header, clusterSize int, features bool) ([]byte, bool) {
 	buf := make([]byte, clusterSize)
 	binary.BigEndian.PutUint32(buf[0:], qcowMagic)
 	binary.BigEndian.PutUint32(buf[4:], h.version)
@@ -392,30 +400,28 @@ func encodeHeader(h *header, clusterSize int) ([]byte, error) {
 		off += need
 		return true
 	}
-	if h.backingFormat != "" {
-		if !putExt(extBackingFormat, []byte(h.backingFormat)) {
-			return nil, fmt.Errorf("Backing file name too long")
-		}
+	if h.backingFormat != "" && !putExt(extBackingFormat, []byte(h.backingFormat)) {
+		return nil, false
 	}
-	if h.version >= 3 {
+	if h.version >= 3 && features {
 		table := make([]byte, len(knownFeatures)*featureEntrySize)
 		for i, f := range knownFeatures {
 			e := table[i*featureEntrySize:]
 			e[0], e[1] = f.kind, f.bit
 			copy(e[2:featureEntrySize], f.name)
 		}
-		// The table is optional: leave it out of tiny clusters rather
-		// than fail.
-		putExt(extFeatureTable, table)
+		if !putExt(extFeatureTable, table) {
+			return nil, false
+		}
 	}
 	off += 8 // the end-of-extensions marker (zeroes)
 	if h.backingFile != "" {
 		if len(h.backingFile) > maxBackingName || off+len(h.backingFile) > clusterSize {
-			return nil, fmt.Errorf("Backing file name too long")
+			return nil, false
 		}
 		copy(buf[off:], h.backingFile)
 		binary.BigEndian.PutUint64(buf[8:], uint64(off))
 		binary.BigEndian.PutUint32(buf[16:], uint32(len(h.backingFile)))
 	}
-	return buf, nil
+	return buf, true
 }
