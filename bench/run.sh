@@ -1,0 +1,9 @@
+#!/bin/sh
+# Runs every side-by-side benchmark (blockd against qemu-storage-daemon)
+# and prints both figures with their ratio. Usage: bench/run.sh [args for nbdbench]
+set -eu
+cd "$(dirname "$0")/.."
+./scripts/deps.sh
+go build -o bin/blockd ./cmd/blockd
+echo "== NBD export, raw image =="
+go run ./bench/nbdbench -blockd bin/blockd "$@"
