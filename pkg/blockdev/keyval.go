@@ -245,7 +245,7 @@ func typedValue(v any, path string, t reflect.Type) (any, error) {
 		}
 		n, err := strconv.ParseInt(s, 0, 64)
 		if err != nil {
-			return nil, fmt.Errorf("Parameter '%s' expects a number", path)
+			return nil, fmt.Errorf("Parameter '%s' expects integer", path)
 		}
 		return n, nil
 	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
@@ -254,7 +254,7 @@ func typedValue(v any, path string, t reflect.Type) (any, error) {
 		}
 		n, err := parseSize(s)
 		if err != nil {
-			return nil, fmt.Errorf("Parameter '%s' expects a size", path)
+			return nil, fmt.Errorf("Parameter '%s' expects size", path)
 		}
 		return n, nil
 	case reflect.Float32, reflect.Float64:
@@ -263,7 +263,7 @@ func typedValue(v any, path string, t reflect.Type) (any, error) {
 		}
 		f, err := strconv.ParseFloat(s, 64)
 		if err != nil {
-			return nil, fmt.Errorf("Parameter '%s' expects a number", path)
+			return nil, fmt.Errorf("Parameter '%s' expects number", path)
 		}
 		return f, nil
 	case reflect.Struct:
