@@ -14,7 +14,7 @@ import (
 // format layer at a different place.
 func buildChain(t *testing.T) (g *block.Graph, top, flt, mid, base *block.Node) {
 	t.Helper()
-	g = block.NewGraph(nil, nil)
+	g = blocktest.NewGraph()
 	base = blocktest.Open(t, g, `{"driver":"blocktest-cow","node-name":"base","file":{"driver":"blocktest-mem","size":65536}}`)
 	mid = blocktest.Open(t, g, `{"driver":"blocktest-cow","node-name":"mid","file":{"driver":"blocktest-mem","size":65536},"backing":"base"}`)
 	flt = blocktest.Open(t, g, `{"driver":"blocktest-filter","node-name":"flt","file":"mid"}`)
@@ -150,7 +150,7 @@ func TestReadThroughChain(t *testing.T) {
 }
 
 func TestPermissions(t *testing.T) {
-	g := block.NewGraph(nil, nil)
+	g := blocktest.NewGraph()
 	n := blocktest.Open(t, g, `{"driver":"blocktest-mem","node-name":"m","size":4096}`)
 	blocktest.NewRoot(t, n, block.PermWrite|block.PermConsistentRead, block.PermConsistentRead)
 	tx := g.Begin()
@@ -173,7 +173,7 @@ func TestPermissions(t *testing.T) {
 }
 
 func TestOpenErrorsLeaveGraphUnchanged(t *testing.T) {
-	g := block.NewGraph(nil, nil)
+	g := blocktest.NewGraph()
 	blocktest.Open(t, g, `{"driver":"blocktest-mem","node-name":"a","size":4096}`)
 	tests := []struct{ opts, want string }{
 		{`{"driver":"blocktest-mem","node-name":"a","size":1}`, "Duplicate nodes with node-name='a'"},
@@ -237,7 +237,7 @@ func TestDelete(t *testing.T) {
 }
 
 func TestGateAlignmentAndSplit(t *testing.T) {
-	g := block.NewGraph(nil, nil)
+	g := blocktest.NewGraph()
 	n := blocktest.Open(t, g, `{"driver":"blocktest-mem","node-name":"m","size":65536,"align":4096,"max-transfer":8192}`)
 	r := blocktest.NewRoot(t, n, block.PermWrite|block.PermConsistentRead, block.PermAll)
 	ctx := context.Background()

@@ -12,7 +12,7 @@ func (t *Txn) Replace(c *Child, to *Node) error {
 		return nil
 	}
 	if c.frozen > 0 {
-		return Errorf(ErrFrozen, "Cannot change frozen '%s' link from '%s' to '%s'", c.name, parentName(c), from.name)
+		return frozenError(c)
 	}
 	if p := c.ParentNode(); p != nil && reaches(to, p) {
 		return Errorf(ErrInvalid, "Making '%s' a %s child of '%s' would create a cycle", to.name, c.name, p.name)
@@ -20,6 +20,13 @@ func (t *Txn) Replace(c *Child, to *Node) error {
 	t.retarget(c, from, to)
 	t.OnUndo(func() { t.retarget(c, to, from) })
 	return nil
+}
+
+// frozenError is qsd's message for changing a frozen edge: it names the
+// parent and the child the edge points at now.
+func frozenError(c *Child) error {
+	// compat(qsd-7.2): "Cannot change frozen 'backing' link from 'top' to 'mid'".
+	return Errorf(ErrFrozen, "Cannot change frozen '%s' link from '%s' to '%s'", c.name, parentName(c), c.Node().name)
 }
 
 func parentName(c *Child) string {

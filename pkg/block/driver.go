@@ -156,6 +156,22 @@ type BackingFiler interface {
 	BackingFile() (name, format string)
 }
 
+// BackingSetter is implemented by drivers with SupportsBacking: the graph
+// tells the driver its COW child changed (nil: none). It is called with
+// the node drained, under the graph lock, and on undo with the old child.
+type BackingSetter interface {
+	SetBacking(c *Child)
+}
+
+// Reopener is implemented by drivers whose own options can change at run
+// time (blockdev-reopen). Prepare checks the new options (a pointer to the
+// driver's options struct) and returns functions that apply or drop them;
+// it must not change anything visible itself. It runs drained, under the
+// graph lock.
+type Reopener interface {
+	PrepareReopen(ctx context.Context, opts any) (commit, abort func(), err error)
+}
+
 // Filenamer is implemented by protocol drivers: the name QMP reports.
 type Filenamer interface {
 	Filename() string
@@ -176,6 +192,10 @@ type Driver struct {
 	Kind Kind
 	// Implicit drivers (mirror_top, commit_top) cannot be added by users.
 	Implicit bool
+	// SupportsBacking: nodes of this driver can have a COW child that is
+	// set after open (snapshots, reopen); the Impl implements
+	// BackingSetter.
+	SupportsBacking bool
 	// Probe scores how likely the first bytes of an image belong to this
 	// format (0: not at all). Used for backing files without a format.
 	Probe func(head []byte) int

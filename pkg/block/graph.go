@@ -231,6 +231,7 @@ func (t *Txn) open(ctx context.Context, raw json.RawMessage, path string, monito
 		return nil, err
 	}
 	n.impl = impl
+	n.opts = o.opts
 	g.seq++
 	n.seq = g.seq
 	n.RefreshCaps()

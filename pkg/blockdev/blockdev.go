@@ -103,6 +103,10 @@ func (s *Server) handlers() map[string]qmp.Handler {
 		"block-export-add":          qmp.HandlerFunc(s.blockExportAdd),
 		"block-export-del":          qmp.Command(s.blockExportDel),
 		"query-block-exports":       qmp.Command(s.queryBlockExports),
+		"blockdev-snapshot":         qmp.Command(s.blockdevSnapshot),
+		"blockdev-snapshot-sync":    qmp.Command(s.blockdevSnapshotSync),
+		"transaction":               qmp.Command(s.transaction),
+		"blockdev-reopen":           qmp.Command(s.blockdevReopen),
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/blockd/blockd/pkg/block"
+	"github.com/blockd/blockd/pkg/qmp"
 )
 
 // MemOptions configure a memory node.
@@ -265,10 +266,14 @@ func (c *cow) Truncate(ctx context.Context, size int64, exact bool) error {
 }
 func (c *cow) Close() error { return nil }
 
+// SetBacking implements block.BackingSetter.
+func (c *cow) SetBacking(b *block.Child) { c.backing = b }
+
 func init() {
 	block.Register("blocktest-mem", block.KindProtocol, openMem)
 	block.Register("blocktest-filter", block.KindFilter, openFilter)
-	block.Register("blocktest-cow", block.KindFormat, openCOW)
+	d := block.Register("blocktest-cow", block.KindFormat, openCOW)
+	d.SupportsBacking = true
 }
 
 // Open adds a monitor-owned node from JSON options, failing the test on error.
@@ -306,3 +311,7 @@ func NewRoot(t testing.TB, n *block.Node, perm, shared block.Perm) *block.Root {
 	}
 	return r
 }
+
+// NewGraph returns an empty graph that decodes options with QMP's strict
+// rules, as the daemon does.
+func NewGraph() *block.Graph { return block.NewGraph(block.Decoder(qmp.Decode), nil) }
