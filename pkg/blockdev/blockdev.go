@@ -103,6 +103,8 @@ func (s *Server) handlers() map[string]qmp.Handler {
 		"block-export-add":          qmp.HandlerFunc(s.blockExportAdd),
 		"block-export-del":          qmp.Command(s.blockExportDel),
 		"query-block-exports":       qmp.Command(s.queryBlockExports),
+		"nbd-server-add":            qmp.Command(s.nbdServerAdd),
+		"nbd-server-remove":         qmp.Command(s.nbdServerRemove),
 		"blockdev-snapshot":         qmp.Command(s.blockdevSnapshot),
 		"blockdev-snapshot-sync":    qmp.Command(s.blockdevSnapshotSync),
 		"transaction":               qmp.Command(s.transaction),

@@ -436,3 +436,35 @@ func (b *nodeBackend) BlockStatus(ctx context.Context, off, n int64) ([]nbd.Exte
 	})
 	return out, err
 }
+
+type nbdServerAddArgs struct {
+	Device      string  `json:"device"`
+	Name        *string `json:"name,omitempty"`
+	Description *string `json:"description,omitempty"`
+	Writable    *bool   `json:"writable,omitempty"`
+	Bitmap      *string `json:"bitmap,omitempty"`
+}
+
+// nbdServerAdd is the deprecated nbd-server-add: an NBD export whose id
+// is its name.
+func (s *Server) nbdServerAdd(ctx context.Context, a *nbdServerAddArgs) (empty, error) {
+	name := a.Device
+	if a.Name != nil {
+		name = *a.Name
+	}
+	n := &NBDExportArgs{Name: &name, Description: a.Description}
+	if a.Bitmap != nil {
+		n.Bitmaps = []string{*a.Bitmap}
+	}
+	return empty{}, s.addExport(ctx, &ExportArgs{Type: "nbd", ID: name, NodeName: a.Device, Writable: a.Writable}, n)
+}
+
+type nbdServerRemoveArgs struct {
+	Name string         `json:"name"`
+	Mode *ExportDelMode `json:"mode,omitempty"`
+}
+
+// nbdServerRemove is the deprecated nbd-server-remove.
+func (s *Server) nbdServerRemove(ctx context.Context, a *nbdServerRemoveArgs) (empty, error) {
+	return s.blockExportDel(ctx, &exportDelArgs{ID: a.Name, Mode: a.Mode})
+}

@@ -195,7 +195,7 @@ func TestNBDFio(t *testing.T) {
 	sock := startNBD(d)
 	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "disk", "writable": true})
 	out, err := runErr("fio", "--name=verify", "--ioengine=nbd", "--uri="+nbdURI(sock, "disk"),
-		"--rw=randwrite", "--bs=4k", "--iodepth=16", "--size=16M", "--verify=crc32c", "--do_verify=1", "--output-format=terse")
+		"--rw=randwrite", "--bs=4k", "--iodepth=16", "--size=16M", "--verify=crc32c", "--do_verify=1", "--verify_state_save=0", "--output-format=terse")
 	if err != nil {
 		if strings.Contains(out, "engine nbd not loadable") || strings.Contains(out, "failed to load engine") {
 			t.Skip("this fio has no nbd engine")
