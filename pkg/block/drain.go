@@ -50,8 +50,7 @@ func (t *Txn) Drain(nodes ...*Node) {
 		down(n)
 	}
 	for n := range below {
-		n.drained++
-		if d, ok := n.impl.(Drainer); ok && n.drained == 1 {
+		if d, ok := n.impl.(Drainer); n.drained.Add(1) == 1 && ok {
 			d.DrainBegin()
 		}
 		t.nodes = append(t.nodes, n)
@@ -65,8 +64,7 @@ type drainSource interface{ resume() }
 
 func (t *Txn) undrain() {
 	for _, n := range t.nodes {
-		n.drained--
-		if d, ok := n.impl.(Drainer); ok && n.drained == 0 {
+		if d, ok := n.impl.(Drainer); n.drained.Add(-1) == 0 && ok {
 			d.DrainEnd()
 		}
 	}
@@ -77,9 +75,6 @@ func (t *Txn) undrain() {
 }
 
 // Drained reports whether a graph change is draining n. Drivers that
-// hold requests check it before waiting.
-func (n *Node) Drained() bool {
-	n.g.mu.Lock()
-	defer n.g.mu.Unlock()
-	return n.drained > 0
-}
+// hold requests check it before waiting. It never blocks: a request may
+// ask while the graph lock is held by the change waiting for it.
+func (n *Node) Drained() bool { return n.drained.Load() > 0 }

@@ -33,9 +33,9 @@ type Node struct {
 	children atomic.Pointer[[]*Child] // copy-on-write; replaced under g.mu
 	parents  []*Child                 // edges that point at n; guarded by g.mu
 
-	perm, shared Perm // what n's parents need of it, cumulated; guarded by g.mu
-	permSet      bool // perm/shared were applied once; guarded by g.mu
-	drained      int  // drain nesting; guarded by g.mu
+	perm, shared Perm         // what n's parents need of it, cumulated; guarded by g.mu
+	permSet      bool         // perm/shared were applied once; guarded by g.mu
+	drained      atomic.Int32 // drain nesting
 
 	// rmw serialises unaligned read-modify-write against aligned writes on
 	// nodes whose RequestAlign > 1.
