@@ -288,6 +288,42 @@ func (d *Daemon) WaitEvent(name string, timeout time.Duration) Event {
 	return e
 }
 
+// History returns every event received since the last ClearHistory.
+func (d *Daemon) History() []Event {
+	d.raw.mu.Lock()
+	defer d.raw.mu.Unlock()
+	return append([]Event(nil), d.raw.history...)
+}
+
+// ClearHistory forgets the events received so far.
+func (d *Daemon) ClearHistory() {
+	d.raw.mu.Lock()
+	defer d.raw.mu.Unlock()
+	d.raw.history = nil
+	d.raw.events = nil
+}
+
+// WaitHistory waits until ok holds for the event history.
+func (d *Daemon) WaitHistory(ok func([]Event) bool, timeout time.Duration) bool {
+	r := d.raw
+	timer := time.AfterFunc(timeout, func() {
+		r.mu.Lock()
+		r.cond.Broadcast()
+		r.mu.Unlock()
+	})
+	defer timer.Stop()
+	deadline := time.Now().Add(timeout)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for !ok(r.history) {
+		if r.closed || time.Now().After(deadline) {
+			return false
+		}
+		r.cond.Wait()
+	}
+	return true
+}
+
 // Quit sends quit and waits for the daemon to exit with status 0.
 func (d *Daemon) Quit() {
 	d.t.Helper()
@@ -311,7 +347,8 @@ type rawClient struct {
 	replies chan json.RawMessage
 	mu      sync.Mutex
 	cond    *sync.Cond
-	events  []Event
+	events  []Event // not yet taken by Events or WaitEvent
+	history []Event // every event since the last ClearHistory
 	closed  bool
 }
 
@@ -351,6 +388,7 @@ func (r *rawClient) read(br *bufio.Reader) {
 			_ = json.Unmarshal(line, &e)
 			r.mu.Lock()
 			r.events = append(r.events, e)
+			r.history = append(r.history, e)
 			r.cond.Broadcast()
 			r.mu.Unlock()
 			continue
