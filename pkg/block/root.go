@@ -3,6 +3,8 @@ package block
 import (
 	"context"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // Root is a user of the graph from outside it: an NBD export, a job, a
@@ -155,6 +157,10 @@ func (r *Root) check(off, n int64) error {
 	return nil
 }
 
+// timed adds the time since start to the counter of the node the root
+// uses: the node's *_total_time_ns are what its users waited.
+func timed(c *atomic.Int64, start time.Time) { c.Add(int64(time.Since(start))) }
+
 // ReadAt reads through the root.
 func (r *Root) ReadAt(ctx context.Context, p []byte, off int64, f Flags) error {
 	if err := r.check(off, int64(len(p))); err != nil {
@@ -162,6 +168,7 @@ func (r *Root) ReadAt(ctx context.Context, p []byte, off int64, f Flags) error {
 	}
 	r.enter()
 	defer r.exit()
+	defer timed(&r.child.Node().Stats.RdTimeNs, time.Now())
 	return r.child.ReadAt(ctx, p, off, f)
 }
 
@@ -172,6 +179,7 @@ func (r *Root) WriteAt(ctx context.Context, p []byte, off int64, f Flags) error 
 	}
 	r.enter()
 	defer r.exit()
+	defer timed(&r.child.Node().Stats.WrTimeNs, time.Now())
 	return r.child.WriteAt(ctx, p, off, f)
 }
 
@@ -182,6 +190,7 @@ func (r *Root) Zero(ctx context.Context, off, n int64, f Flags) error {
 	}
 	r.enter()
 	defer r.exit()
+	defer timed(&r.child.Node().Stats.WrTimeNs, time.Now())
 	return r.child.Zero(ctx, off, n, f)
 }
 
@@ -192,6 +201,7 @@ func (r *Root) Discard(ctx context.Context, off, n int64) error {
 	}
 	r.enter()
 	defer r.exit()
+	defer timed(&r.child.Node().Stats.UnmapTimeNs, time.Now())
 	return r.child.Discard(ctx, off, n)
 }
 
@@ -199,6 +209,7 @@ func (r *Root) Discard(ctx context.Context, off, n int64) error {
 func (r *Root) Flush(ctx context.Context) error {
 	r.enter()
 	defer r.exit()
+	defer timed(&r.child.Node().Stats.FlushTimeNs, time.Now())
 	return r.child.Flush(ctx)
 }
 

@@ -109,6 +109,10 @@ func (s *Server) handlers() map[string]qmp.Handler {
 		"blockdev-snapshot-sync":    qmp.Command(s.blockdevSnapshotSync),
 		"transaction":               qmp.Command(s.transaction),
 		"blockdev-reopen":           qmp.Command(s.blockdevReopen),
+		"object-add":                qmp.HandlerFunc(s.objectAdd),
+		"object-del":                qmp.Command(s.objectDel),
+		"qom-get":                   qmp.Command(s.qomGet),
+		"qom-set":                   qmp.Command(s.qomSet),
 	}
 }
 

@@ -250,7 +250,13 @@ func (s *Server) addExport(ctx context.Context, a *ExportArgs, n *NBDExportArgs)
 		return errors.New("Exporting dirty bitmaps is not supported by blockd yet")
 	}
 	if a.IOThread != nil {
-		return errors.New("iothreads are not used by blockd; omit 'iothread'")
+		// blockd schedules I/O on goroutines; an iothread only has to exist.
+		s.G.Lock()
+		_, ok := s.G.Object(*a.IOThread).(*iothread)
+		s.G.Unlock()
+		if !ok {
+			return fmt.Errorf("iothread \"%s\" not found", *a.IOThread)
+		}
 	}
 	name := a.NodeName
 	if n.Name != nil {

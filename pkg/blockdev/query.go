@@ -120,8 +120,10 @@ func imageInfo(ctx context.Context, n *block.Node, nested bool) *ImageInfo {
 		}
 	}
 	if nested {
-		if b := block.COWChild(n); b != nil {
-			i.BackingImage = imageInfo(ctx, b.Node(), true)
+		// The chain below, filters included (qsd lists a throttle node
+		// between two images), but not the filters jobs insert.
+		if b := block.FilteredOrCOWChild(n); b != nil {
+			i.BackingImage = imageInfo(ctx, block.SkipImplicitFilters(b.Node()), true)
 		}
 	}
 	return i

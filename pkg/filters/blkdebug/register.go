@@ -1,0 +1,7 @@
+package blkdebug
+
+import "github.com/blockd/blockd/pkg/block"
+
+func init() {
+	block.Register("blkdebug", block.KindFilter, open)
+}
