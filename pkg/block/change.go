@@ -182,3 +182,23 @@ func (t *Txn) Delete(name string) error {
 	t.OnUndo(func() { n.monitorOwned = true })
 	return nil
 }
+
+// FreezeChain freezes the chain links from n down to base (the link that
+// points at base included) for as long as n exists, as a filter with a
+// bottom (copy-on-read) needs. Every link is checked before any is frozen.
+func (o *Opener) FreezeChain(base *Node) error {
+	var cs []*Child
+	for x := o.node; x != base; {
+		c := FilteredOrCOWChild(x)
+		if c == nil {
+			return Errorf(ErrInvalid, "'%s' is not in the backing chain of '%s'", base.name, o.node.name)
+		}
+		cs = append(cs, c)
+		x = c.Node()
+	}
+	o.tx.Freeze(cs...)
+	n := o.node
+	n.ownFrozen = append(n.ownFrozen, cs...)
+	o.tx.OnUndo(func() { n.ownFrozen = nil })
+	return nil
+}

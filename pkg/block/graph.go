@@ -290,6 +290,10 @@ func (g *Graph) removeNode(n *Node) {
 		return
 	}
 	n.closed = true
+	for _, c := range n.ownFrozen {
+		c.frozen--
+	}
+	n.ownFrozen = nil
 	for _, c := range n.Children() {
 		g.detachLocked(c)
 	}

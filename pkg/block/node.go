@@ -34,6 +34,7 @@ type Node struct {
 	parents  []*Child                 // edges that point at n; guarded by g.mu
 
 	perm, shared Perm         // what n's parents need of it, cumulated; guarded by g.mu
+	ownFrozen    []*Child     // links n froze for its lifetime; guarded by g.mu
 	permSet      bool         // perm/shared were applied once; guarded by g.mu
 	drained      atomic.Int32 // drain nesting
 

@@ -266,3 +266,18 @@ func TestReopenLoop(t *testing.T) {
 		t.Errorf("graph changed by a failed reopen: %v -> %v", before, after)
 	}
 }
+
+// TestCopyOnReadFreezesChain: a copy-on-read node with a bottom freezes the
+// links down to it; a reopen that would change one is refused.
+func TestCopyOnReadFreezesChain(t *testing.T) {
+	d := start(t)
+	mkChain(t, d.Dir)
+	d.Cmd("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "base", "file": map[string]any{"driver": "file", "node-name": "base-file", "filename": d.Path("base.qcow2")}})
+	d.Cmd("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "mid", "file": map[string]any{"driver": "file", "node-name": "mid-file", "filename": d.Path("mid.qcow2")}, "backing": "base"})
+	d.Cmd("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "top", "file": map[string]any{"driver": "file", "node-name": "top-file", "filename": d.Path("top.qcow2")}, "backing": "mid"})
+	d.Cmd("blockdev-add", map[string]any{"driver": "copy-on-read", "node-name": "cor", "file": "top", "bottom": "base"})
+	d.MustFail("blockdev-reopen", map[string]any{"options": []any{map[string]any{"driver": "qcow2", "node-name": "top", "file": "top-file", "backing": "base"}}},
+		"GenericError", "Cannot change frozen 'backing' link from 'top' to 'mid'")
+	d.Cmd("blockdev-del", map[string]any{"node-name": "cor"})
+	d.Cmd("blockdev-reopen", map[string]any{"options": []any{map[string]any{"driver": "qcow2", "node-name": "top", "file": "top-file", "backing": "base"}}})
+}

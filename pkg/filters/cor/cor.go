@@ -42,6 +42,11 @@ func open(ctx context.Context, o *block.Opener, opts *Options) (block.Impl, erro
 			return nil, block.Errorf(block.ErrInvalid, "Bottom node '%s' is not in the backing chain of '%s'", name, c.Node().Name())
 		}
 		f.bottom = b
+		// Copies come from the links down to bottom: nobody may change
+		// them while the filter exists (as qsd freezes them).
+		if err := o.FreezeChain(b); err != nil {
+			return nil, err
+		}
 	}
 	return f, nil
 }
