@@ -1,0 +1,111 @@
+// Package nbd is an NBD protocol server: it serves Backends as named
+// exports to NBD clients (qemu-img, qemu-io, nbdinfo, nbdcopy, the Linux
+// kernel, QEMU's nbd driver) and answers the way qemu-storage-daemon 7.2
+// does where the protocol leaves a choice. It imports nothing of blockd's:
+// the block layer is reached only through the Backend interface.
+//
+// # Handshake
+//
+// Only the fixed newstyle handshake is spoken, with NBD_FLAG_NO_ZEROES.
+// Options:
+//
+//   - NBD_OPT_EXPORT_NAME, NBD_OPT_GO, NBD_OPT_INFO. There is no default
+//     export: "" names the export called "" if there is one (as in QEMU).
+//     NBD_INFO_BLOCK_SIZE is always sent (minimum 1 unless the client asked
+//     for block sizes), NBD_INFO_NAME when asked, NBD_INFO_DESCRIPTION
+//     whenever the export has one. An unknown export gets
+//     NBD_REP_ERR_UNKNOWN (NBD_OPT_EXPORT_NAME: the connection is closed).
+//   - NBD_OPT_LIST: one NBD_REP_SERVER per export, name then description.
+//   - NBD_OPT_STRUCTURED_REPLY (once; again or with data: ERR_INVALID).
+//   - NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT with
+//     "base:allocation" and, when the export enables it,
+//     "qemu:allocation-depth". Listing with no query, or with the "base:"
+//     and "qemu:" wildcards, lists what the export offers; in a SET the
+//     wildcards select nothing; other queries are ignored. SET needs
+//     structured replies, LIST does not (as in QEMU). Contexts selected for
+//     one export are dropped when the client then opens another.
+//   - NBD_OPT_ABORT (ACK, then close); NBD_OPT_STARTTLS is refused with
+//     NBD_REP_ERR_POLICY; anything else gets NBD_REP_ERR_UNSUP. Options are
+//     parsed up to 64 KiB; longer ones are skipped without buffering and
+//     answered ERR_INVALID (ERR_UNSUP if unknown).
+//
+// Transmission flags: HAS_FLAGS, SEND_FLUSH, SEND_FUA, SEND_CACHE always;
+// SEND_TRIM, SEND_WRITE_ZEROES and SEND_FAST_ZERO when writable, READ_ONLY
+// otherwise; SEND_DF with structured replies; CAN_MULTI_CONN when the
+// export's MultiConn option says so.
+//
+// # Transmission: one reader, a pool of workers, one writer
+//
+// Each connection in transmission has:
+//
+//   - a reader goroutine that parses request headers and WRITE payloads.
+//     Before it reads a WRITE payload or hands on a READ, it takes that
+//     many bytes from the connection's buffer budget
+//     (ServerOptions.MaxBufferBytes, 64 MiB by default) and a pooled buffer
+//     of the next power-of-two size; when the budget is spent it stops
+//     reading, so a client cannot make the server allocate without bound.
+//   - ServerOptions.Workers worker goroutines (16 by default) that validate
+//     requests and run them on the backend, so that many requests are in
+//     flight and complete in any order.
+//   - a single writer, the connection's write lock: a worker whose request
+//     finished takes it and appends its reply frames to a batch buffer, so
+//     each reply goes out as soon as its work has finished, never before,
+//     and frames never interleave. The last of the workers queued on the
+//     lock writes the batch, so replies that complete together share one
+//     write; a large READ payload goes out with writev together with the
+//     bytes in front of it. The buffer and the budget are returned then.
+//     (A writer goroutine fed by a channel would cost one more goroutine
+//     hand-off per request; the lock keeps the same serialisation.)
+//
+// NBD_CMD_DISC, end of input and protocol violations (bad magic) all end
+// the connection the same way: the reader stops, requests in flight finish
+// and their replies are sent if the socket still works, then the socket is
+// closed. Backend calls get a context that is cancelled only when the
+// server closes the connection (Server.Close, a hard RemoveExport).
+//
+// # Commands
+//
+// READ (DF), WRITE (FUA), FLUSH, TRIM, WRITE_ZEROES (NO_HOLE, FAST_ZERO,
+// FUA), CACHE, BLOCK_STATUS (REQ_ONE) and DISC. With structured replies a
+// READ of at least ExportOptions.SparseReadMin bytes asks BlockStatus first
+// and sends the ranges that read as zeroes as OFFSET_HOLE chunks without
+// reading them; other reads, and DF reads, are one OFFSET_DATA chunk.
+// BLOCK_STATUS sends one chunk per selected context, merging extents with
+// equal values; a backend without block status is reported as allocated
+// data. Successful replies to other commands are simple replies; errors are
+// ERROR chunks carrying a message when structured replies were negotiated.
+//
+// Checks, each failing only its request: flags not valid for the command
+// (EINVAL); a range past the end of the export (EINVAL for every command,
+// as qsd 7.2 answers, though the protocol suggests ENOSPC for writes);
+// READ, WRITE and CACHE longer than the maximum block size (EINVAL; the
+// WRITE payload is read and dropped, keeping the stream in sync); writes,
+// trims and write-zeroes on a read-only export (EPERM; qsd 7.2 sends
+// EINVAL); BLOCK_STATUS without a selected context or of length 0
+// (EINVAL); an unknown command (EINVAL); requests not aligned to the
+// minimum block size, for clients that asked for block sizes (EINVAL).
+//
+// # Errors
+//
+// A backend error is sent as an NBD error for that request, and the
+// connection stays up (see ErrnoOf): syscall.Errno values map to their NBD
+// equivalents (EPERM, EIO, ENOMEM, EINVAL, ENOSPC, EOVERFLOW, ENOTSUP,
+// ESHUTDOWN; EROFS and EACCES to EPERM, EDQUOT and EFBIG to ENOSPC),
+// ErrNotSupported to ENOTSUP, a cancelled context to ESHUTDOWN, anything
+// else to EIO. ENOTSUP from Trim, Cache and Flush counts as success (they
+// are hints, or there is nothing to flush); from a Zero without FAST_ZERO
+// the server writes zero buffers instead, since the protocol does not
+// allow ENOTSUP there.
+//
+// # Exports, draining and graph changes
+//
+// Every backend call goes through the export's gate, which counts calls in
+// flight. Export.Quiesce stops new calls and waits for those in flight;
+// requests that arrive meanwhile wait (Resume releases them). SetBackend
+// quiesces, swaps and resumes, so no call runs on the old backend once it
+// returns; it also works inside a Quiesce. RemoveExport with hard
+// disconnects the clients; without it, it refuses while clients are
+// connected (ErrExportInUse). Once RemoveExport returns, no call on the
+// backend is in flight or will start. Server.Close closes listeners and
+// connections and waits for every goroutine.
+package nbd

@@ -1,0 +1,613 @@
+package nbd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"syscall"
+)
+
+// request is one NBD request from the time its header is read until its
+// reply is written. Requests are pooled.
+type request struct {
+	handle uint64
+	off    uint64
+	length uint32
+	typ    uint16
+	flags  uint16
+
+	buf  *buffer // WRITE payload or READ data
+	cost int64   // budget bytes held
+
+	// Result.
+	errno syscall.Errno
+	err   error    // cause, for the message of a structured error
+	spans []span   // sparse READ: the reply's content chunks, in order
+	bs    []byte   // BLOCK_STATUS: encoded chunk payloads
+	bsEnd [2]int   // end of each chunk payload in bs
+	nbs   int      // number of block status chunks
+	exts  []Extent // scratch for block status
+}
+
+// span is a piece of a sparse READ reply, relative to the request offset.
+type span struct {
+	off, n int64
+	hole   bool
+}
+
+var requestPool = sync.Pool{New: func() any { return new(request) }}
+
+func (r *request) fail(errno syscall.Errno, err error) {
+	r.errno = errno
+	r.err = err
+}
+
+func (r *request) reset() {
+	r.buf = nil
+	r.cost = 0
+	r.errno = 0
+	r.err = nil
+	r.spans = r.spans[:0]
+	r.bs = r.bs[:0]
+	r.nbs = 0
+	r.exts = r.exts[:0]
+}
+
+// transmit runs the transmission phase: this goroutine reads requests, a
+// pool of workers executes them and one writer sends the replies.
+func (c *conn) transmit() error {
+	n := c.srv.opts.Workers
+	c.reqs = make(chan *request, n)
+	c.out = make([]byte, 0, 64<<10)
+
+	var workers sync.WaitGroup
+	workers.Add(n)
+	for i := 0; i < n; i++ {
+		go func() {
+			defer workers.Done()
+			for r := range c.reqs {
+				c.execute(r)
+				c.reply(r)
+			}
+		}()
+	}
+
+	err := c.readLoop()
+	close(c.reqs)
+	workers.Wait()
+	c.wmu.Lock()
+	c.flush()
+	if err == nil {
+		err = c.werr
+	}
+	c.wmu.Unlock()
+	return err
+}
+
+// readLoop reads requests until NBD_CMD_DISC (nil), end of input or a
+// protocol violation.
+func (c *conn) readLoop() error {
+	var h [requestHeaderSize]byte
+	maxBlock := c.exp.opts.MaxBlock
+	for {
+		if _, err := io.ReadFull(c.br, h[:]); err != nil {
+			if err == io.EOF {
+				return nil // the client went away between requests
+			}
+			return err
+		}
+		if m := be.Uint32(h[0:]); m != magicRequest {
+			return protocolErrorf("bad request magic %#x", m)
+		}
+		typ := be.Uint16(h[6:])
+		if typ == cmdDisc {
+			return nil
+		}
+		r := requestPool.Get().(*request)
+		r.reset()
+		r.flags = be.Uint16(h[4:])
+		r.typ = typ
+		r.handle = be.Uint64(h[8:])
+		r.off = be.Uint64(h[16:])
+		r.length = be.Uint32(h[24:])
+
+		switch {
+		case typ == cmdWrite && r.length > maxBlock:
+			// Drain the payload without keeping it; the connection stays
+			// in sync and the request fails.
+			if err := c.skip(r.length); err != nil {
+				requestPool.Put(r)
+				return err
+			}
+			r.fail(syscall.EINVAL, fmt.Errorf("request length %d exceeds the maximum block size %d", r.length, maxBlock))
+		case typ == cmdWrite && r.length > 0:
+			if err := c.budget.acquire(int64(r.length)); err != nil {
+				requestPool.Put(r)
+				return err
+			}
+			r.cost = int64(r.length)
+			r.buf = getBuffer(int(r.length))
+			if _, err := io.ReadFull(c.br, r.buf.b[:r.length]); err != nil {
+				c.release(r)
+				return err
+			}
+		case typ == cmdRead && r.length > 0 && r.length <= maxBlock:
+			if err := c.budget.acquire(int64(r.length)); err != nil {
+				requestPool.Put(r)
+				return err
+			}
+			r.cost = int64(r.length)
+			r.buf = getBuffer(int(r.length))
+		}
+		c.reqs <- r
+	}
+}
+
+// release returns what a request holds and recycles it.
+func (c *conn) release(r *request) {
+	if r.buf != nil {
+		putBuffer(r.buf)
+		r.buf = nil
+	}
+	c.budget.release(r.cost)
+	r.cost = 0
+	r.err = nil
+	// Keep only small scratch space in the pool.
+	if cap(r.bs) > 64<<10 {
+		r.bs = nil
+	}
+	if cap(r.exts) > 1024 {
+		r.exts = nil
+	}
+	if cap(r.spans) > 1024 {
+		r.spans = nil
+	}
+	requestPool.Put(r)
+}
+
+var cmdNames = [...]string{"NBD_CMD_READ", "NBD_CMD_WRITE", "NBD_CMD_DISC", "NBD_CMD_FLUSH", "NBD_CMD_TRIM", "NBD_CMD_CACHE", "NBD_CMD_WRITE_ZEROES", "NBD_CMD_BLOCK_STATUS"}
+
+func cmdName(typ uint16) string {
+	if int(typ) < len(cmdNames) {
+		return cmdNames[typ]
+	}
+	return fmt.Sprintf("command %d", typ)
+}
+
+// execute validates a request and runs it on the backend, filling in the
+// result. It runs on a worker.
+func (c *conn) execute(r *request) {
+	if r.errno != 0 {
+		return
+	}
+	e := c.exp
+	valid := uint16(cmdFlagFUA)
+	writes := false
+	switch r.typ {
+	case cmdRead:
+		if c.structured {
+			valid |= cmdFlagDF
+		}
+		if r.length > e.opts.MaxBlock {
+			r.fail(syscall.EINVAL, fmt.Errorf("request length %d exceeds the maximum block size %d", r.length, e.opts.MaxBlock))
+			return
+		}
+	case cmdWrite, cmdTrim:
+		writes = true
+	case cmdWriteZeroes:
+		writes = true
+		valid |= cmdFlagNoHole | cmdFlagFastZero
+	case cmdBlockStatus:
+		valid |= cmdFlagReqOne
+	case cmdCache:
+		if r.length > e.opts.MaxBlock {
+			r.fail(syscall.EINVAL, fmt.Errorf("request length %d exceeds the maximum block size %d", r.length, e.opts.MaxBlock))
+			return
+		}
+	case cmdFlush:
+	default:
+		r.fail(syscall.EINVAL, fmt.Errorf("unknown command %d", r.typ))
+		return
+	}
+	if bad := r.flags &^ valid; bad != 0 {
+		r.fail(syscall.EINVAL, fmt.Errorf("unsupported flags %#x for %s", bad, cmdName(r.typ)))
+		return
+	}
+	if writes && !e.opts.Writable {
+		r.fail(syscall.EPERM, errors.New("export is read-only"))
+		return
+	}
+	if r.typ == cmdBlockStatus {
+		if !c.meta.base && !c.meta.depth {
+			r.fail(syscall.EINVAL, errors.New("no metadata context was negotiated"))
+			return
+		}
+		if r.length == 0 {
+			r.fail(syscall.EINVAL, errors.New("block status needs a nonzero length"))
+			return
+		}
+	}
+	if c.blockSizeAgreed && e.opts.MinBlock > 1 && r.typ != cmdFlush {
+		if m := uint64(e.opts.MinBlock); r.off%m != 0 || uint64(r.length)%m != 0 {
+			r.fail(syscall.EINVAL, fmt.Errorf("request is not aligned to the minimum block size %d", m))
+			return
+		}
+	}
+
+	b, err := e.enter(c.ctx)
+	if err != nil {
+		r.fail(syscall.ESHUTDOWN, err)
+		return
+	}
+	defer e.leave()
+	if r.typ != cmdFlush {
+		size := uint64(b.Size())
+		if r.off > size || uint64(r.length) > size-r.off {
+			// EINVAL for every command, as qemu-storage-daemon 7.2 does
+			// (the protocol suggests ENOSPC for writes).
+			r.fail(syscall.EINVAL, fmt.Errorf("request at offset %d length %d is past the end of the export (size %d)", r.off, r.length, size))
+			return
+		}
+	}
+
+	ctx := c.ctx
+	off, n := int64(r.off), int64(r.length)
+	fua := r.flags&cmdFlagFUA != 0
+	switch r.typ {
+	case cmdRead:
+		if n == 0 {
+			return
+		}
+		if c.structured && r.flags&cmdFlagDF == 0 && e.opts.SparseReadMin > 0 && n >= int64(e.opts.SparseReadMin) {
+			err = c.readSparse(ctx, b, r)
+		} else {
+			err = b.ReadAt(ctx, r.buf.b[:n], off)
+		}
+	case cmdWrite:
+		if n > 0 {
+			err = b.WriteAt(ctx, r.buf.b[:n], off, fua)
+		}
+	case cmdFlush:
+		if err = b.Flush(ctx); isNotSupported(err) {
+			err = nil // nothing to flush
+		}
+	case cmdTrim:
+		if n > 0 {
+			if err = b.Trim(ctx, off, n, fua); isNotSupported(err) {
+				err = nil // trim is advisory
+			}
+		}
+	case cmdCache:
+		if n > 0 {
+			if err = b.Cache(ctx, off, n); isNotSupported(err) {
+				err = nil // a hint
+			}
+		}
+	case cmdWriteZeroes:
+		if n > 0 {
+			err = c.writeZeroes(ctx, b, off, n, r.flags)
+		}
+	case cmdBlockStatus:
+		err = c.blockStatus(ctx, b, r)
+	}
+	if err != nil {
+		r.fail(ErrnoOf(err), err)
+	}
+}
+
+// zeroes is a read-only buffer of zeroes for write-zeroes emulation.
+var zeroes = make([]byte, 1<<20)
+
+func (c *conn) writeZeroes(ctx context.Context, b Backend, off, n int64, flags uint16) error {
+	fua := flags&cmdFlagFUA != 0
+	fast := flags&cmdFlagFastZero != 0
+	err := b.Zero(ctx, off, n, flags&cmdFlagNoHole == 0, fua, fast)
+	if err == nil || fast || !isNotSupported(err) {
+		return err
+	}
+	// Without FAST_ZERO, ENOTSUP is not an allowed answer: write zeroes.
+	for n > 0 {
+		k := min(n, int64(len(zeroes)))
+		if err := b.WriteAt(ctx, zeroes[:k], off, fua); err != nil {
+			return err
+		}
+		off += k
+		n -= k
+	}
+	return nil
+}
+
+// readSparse reads the data parts of [off, off+length) and records the
+// parts that read as zeroes as holes, which are sent as hole chunks.
+func (c *conn) readSparse(ctx context.Context, b Backend, r *request) error {
+	off, n := int64(r.off), int64(r.length)
+	spans := r.spans[:0]
+	add := func(pos, l int64, hole bool) {
+		if k := len(spans); k > 0 && spans[k-1].hole == hole {
+			spans[k-1].n += l
+			return
+		}
+		spans = append(spans, span{off: pos, n: l, hole: hole})
+	}
+	var pos int64
+	for pos < n {
+		exts, err := b.BlockStatus(ctx, off+pos, n-pos)
+		progress := false
+		if err == nil {
+			for _, x := range exts {
+				if x.Length <= 0 {
+					break
+				}
+				l := min(x.Length, n-pos)
+				add(pos, l, x.Zero)
+				pos += l
+				progress = true
+				if pos >= n {
+					break
+				}
+			}
+		}
+		if !progress {
+			add(pos, n-pos, false) // unknown status: read it
+			pos = n
+		}
+	}
+	r.spans = spans
+	if len(spans) == 1 && !spans[0].hole {
+		r.spans = spans[:0] // plain data: one chunk, as without sparse reads
+	}
+	for _, s := range spans {
+		if s.hole {
+			continue
+		}
+		if err := b.ReadAt(ctx, r.buf.b[s.off:s.off+s.n], off+s.off); err != nil {
+			r.spans = spans[:0]
+			return err
+		}
+	}
+	return nil
+}
+
+// maxExtents bounds the extents gathered for one block status request
+// (and so the descriptors of a chunk); the client asks again for the rest.
+const maxExtents = 8192
+
+// blockStatus asks the backend about [off, off+length) and encodes one
+// chunk payload per negotiated context.
+func (c *conn) blockStatus(ctx context.Context, b Backend, r *request) error {
+	off, n := int64(r.off), int64(r.length)
+	reqOne := r.flags&cmdFlagReqOne != 0
+	exts := r.exts[:0]
+	var pos int64
+	for pos < n && len(exts) < maxExtents {
+		got, err := b.BlockStatus(ctx, off+pos, n-pos)
+		if err != nil {
+			if !isNotSupported(err) {
+				return err
+			}
+			// No status: allocated data, in this node.
+			got = []Extent{{Length: n - pos, Depth: 1}}
+		}
+		progress := false
+		for _, x := range got {
+			if x.Length <= 0 || pos >= n {
+				break
+			}
+			x.Length = min(x.Length, n-pos)
+			exts = append(exts, x)
+			pos += x.Length
+			progress = true
+		}
+		if !progress {
+			if pos == 0 {
+				return fmt.Errorf("block status at offset %d returned no extent: %w", off, syscall.EIO)
+			}
+			break
+		}
+		if reqOne {
+			break
+		}
+	}
+	r.exts = exts
+
+	bs := r.bs[:0]
+	r.nbs = 0
+	encode := func(id uint32, flagsOf func(Extent) uint32) {
+		bs = be.AppendUint32(bs, id)
+		emit := func(l int64, f uint32) {
+			for l > 0 {
+				k := min(l, 0xffffffff)
+				bs = be.AppendUint32(bs, uint32(k))
+				bs = be.AppendUint32(bs, f)
+				l -= k
+			}
+		}
+		var curLen int64
+		var cur uint32
+		for _, x := range exts {
+			f := flagsOf(x)
+			if curLen > 0 && f != cur {
+				emit(curLen, cur)
+				curLen = 0
+				if reqOne {
+					break
+				}
+			}
+			cur = f
+			curLen += x.Length
+		}
+		emit(curLen, cur)
+		r.bsEnd[r.nbs] = len(bs)
+		r.nbs++
+	}
+	if c.meta.base {
+		encode(ctxIDBaseAllocation, func(x Extent) uint32 {
+			var f uint32
+			if x.Hole {
+				f |= stateHole
+			}
+			if x.Zero {
+				f |= stateZero
+			}
+			return f
+		})
+	}
+	if c.meta.depth {
+		encode(ctxIDAllocationDepth, func(x Extent) uint32 { return uint32(max(x.Depth, 0)) })
+	}
+	r.bs = bs
+	return nil
+}
+
+// reply sends the reply of a finished request. Replies are serialised by
+// wmu: the worker that holds it writes its frames into the batch buffer,
+// and the last of the workers waiting to reply flushes the batch, so
+// replies that complete together go out in one write. Large READ payloads
+// go out with writev together with the batch in front of them.
+func (c *conn) reply(r *request) {
+	c.replying.Add(1)
+	c.wmu.Lock()
+	if c.werr == nil {
+		c.writeReply(r)
+	}
+	c.release(r)
+	if c.replying.Add(-1) == 0 {
+		c.flush()
+	}
+	c.wmu.Unlock()
+}
+
+const (
+	writevMin = 32 << 10  // payloads at least this big are not copied
+	flushAt   = 256 << 10 // batch size that forces a write
+)
+
+func (c *conn) flush() {
+	if c.werr != nil || len(c.out) == 0 {
+		c.out = c.out[:0]
+		return
+	}
+	_, err := c.nc.Write(c.out)
+	c.out = c.out[:0]
+	if err != nil {
+		c.writeFailed(err)
+	}
+}
+
+func (c *conn) writeFailed(err error) {
+	c.werr = err
+	c.abort() // stop reading; work in flight finishes, replies are dropped
+}
+
+func (c *conn) payload(p []byte) {
+	if len(p) >= writevMin {
+		bufs := net.Buffers{c.out, p}
+		_, err := bufs.WriteTo(c.nc)
+		c.out = c.out[:0]
+		if err != nil {
+			c.writeFailed(err)
+		}
+		return
+	}
+	c.out = append(c.out, p...)
+	if len(c.out) >= flushAt {
+		c.flush()
+	}
+}
+
+func (c *conn) simpleReply(r *request, errno syscall.Errno) {
+	c.out = be.AppendUint32(c.out, magicSimple)
+	c.out = be.AppendUint32(c.out, uint32(errno))
+	c.out = be.AppendUint64(c.out, r.handle)
+}
+
+func (c *conn) chunkHeader(r *request, flags, typ uint16, length uint32) {
+	c.out = be.AppendUint32(c.out, magicStructured)
+	c.out = be.AppendUint16(c.out, flags)
+	c.out = be.AppendUint16(c.out, typ)
+	c.out = be.AppendUint64(c.out, r.handle)
+	c.out = be.AppendUint32(c.out, length)
+}
+
+func (c *conn) errorChunk(r *request) {
+	msg := "I/O error"
+	if r.err != nil {
+		msg = r.err.Error()
+	}
+	if len(msg) > maxStringLen {
+		msg = msg[:maxStringLen]
+	}
+	msg = strings.ToValidUTF8(msg, "?")
+	if len(msg) > maxStringLen {
+		msg = msg[:maxStringLen-3]
+	}
+	c.chunkHeader(r, replyFlagDone, chunkError, uint32(6+len(msg)))
+	c.out = be.AppendUint32(c.out, uint32(r.errno))
+	c.out = be.AppendUint16(c.out, uint16(len(msg)))
+	c.out = append(c.out, msg...)
+}
+
+func (c *conn) writeReply(r *request) {
+	switch {
+	case r.errno != 0 && c.structured:
+		c.errorChunk(r)
+	case r.errno != 0:
+		c.simpleReply(r, r.errno)
+	case r.typ == cmdRead && c.structured:
+		c.structuredRead(r)
+	case r.typ == cmdRead:
+		c.simpleReply(r, 0)
+		if r.length > 0 {
+			c.payload(r.buf.b[:r.length])
+		}
+	case r.typ == cmdBlockStatus:
+		start := 0
+		for i := 0; i < r.nbs; i++ {
+			var flags uint16
+			if i == r.nbs-1 {
+				flags = replyFlagDone
+			}
+			p := r.bs[start:r.bsEnd[i]]
+			c.chunkHeader(r, flags, chunkBlockStatus, uint32(len(p)))
+			c.out = append(c.out, p...)
+			start = r.bsEnd[i]
+		}
+	default:
+		c.simpleReply(r, 0)
+	}
+	if len(c.out) >= flushAt {
+		c.flush()
+	}
+}
+
+func (c *conn) structuredRead(r *request) {
+	if r.length == 0 {
+		c.chunkHeader(r, replyFlagDone, chunkNone, 0)
+		return
+	}
+	if len(r.spans) == 0 {
+		c.chunkHeader(r, replyFlagDone, chunkOffsetData, 8+r.length)
+		c.out = be.AppendUint64(c.out, r.off)
+		c.payload(r.buf.b[:r.length])
+		return
+	}
+	for i, s := range r.spans {
+		var flags uint16
+		if i == len(r.spans)-1 {
+			flags = replyFlagDone
+		}
+		if s.hole {
+			c.chunkHeader(r, flags, chunkOffsetHole, 12)
+			c.out = be.AppendUint64(c.out, r.off+uint64(s.off))
+			c.out = be.AppendUint32(c.out, uint32(s.n))
+			continue
+		}
+		c.chunkHeader(r, flags, chunkOffsetData, uint32(8+s.n))
+		c.out = be.AppendUint64(c.out, r.off+uint64(s.off))
+		c.payload(r.buf.b[s.off : s.off+s.n])
+	}
+}
