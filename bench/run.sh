@@ -7,3 +7,5 @@ cd "$(dirname "$0")/.."
 go build -o bin/blockd ./cmd/blockd
 echo "== NBD export, raw image =="
 go run ./bench/nbdbench -blockd bin/blockd "$@"
+echo "== throttle filter: rate held against the configured limit =="
+go run ./bench/throttlebench -blockd bin/blockd

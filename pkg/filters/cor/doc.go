@@ -25,11 +25,9 @@
 //     included (written as zeroes), as QEMU does. Errors: "Bottom node 'x'
 //     not found", "Bottom node 'x' is a filter" (qsd's), and "Bottom node
 //     'x' is not in the backing chain of 'top'" (blockd's: qsd does not
-//     check, and hangs). qsd also freezes the links from the filter down
-//     to bottom while the filter exists; blockd does not yet, because a
-//     driver cannot release a frozen link when it is closed. Should the
-//     chain change under the filter so that bottom is no longer below it,
-//     everything allocated below the top is copied.
+//     check, and hangs). Like qsd, the filter freezes the links from
+//     itself down to bottom while it exists: a reopen that would change
+//     one is refused ("Cannot change frozen 'backing' link ...").
 //
 // Copies are made in whole clusters of the top layer: a read is widened
 // to the top's OptimalTransfer (its cluster size) or request alignment,
