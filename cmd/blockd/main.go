@@ -29,6 +29,7 @@ import (
 	_ "github.com/blockd/blockd/pkg/filters/throttle"
 	_ "github.com/blockd/blockd/pkg/formats/file"
 	_ "github.com/blockd/blockd/pkg/formats/nullco"
+	_ "github.com/blockd/blockd/pkg/formats/qcow2"
 	_ "github.com/blockd/blockd/pkg/formats/raw"
 )
 

@@ -294,6 +294,13 @@ func (g *Graph) removeNode(n *Node) {
 		c.frozen--
 	}
 	n.ownFrozen = nil
+	// Close the driver while its children are still there: a format
+	// flushes its caches and clears its dirty flag through them.
+	if n.impl != nil {
+		if err := n.impl.Close(); err != nil {
+			g.log.WithError(err).WithField("node", n.name).Warn("block: closing node")
+		}
+	}
 	for _, c := range n.Children() {
 		g.detachLocked(c)
 	}
@@ -302,11 +309,6 @@ func (g *Graph) removeNode(n *Node) {
 		delete(g.nodes, n.name)
 	}
 	g.list = slices.DeleteFunc(g.list, func(x *Node) bool { return x == n })
-	if n.impl != nil {
-		if err := n.impl.Close(); err != nil {
-			g.log.WithError(err).WithField("node", n.name).Warn("block: closing node")
-		}
-	}
 }
 
 // detachLocked removes edge c from its node's parents and frees the node
