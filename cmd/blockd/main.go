@@ -163,12 +163,16 @@ func run(argv []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if pidfile != "" {
-		if err := writePidfile(pidfile); err != nil {
+		f, err := writePidfile(pidfile)
+		if err != nil {
 			d.shutdown()
 			reportReady(err)
 			fmt.Fprintf(stderr, "blockd: %v\n", err)
 			return 1
 		}
+		// The lock lasts as long as the daemon: remove the file while it
+		// is still ours.
+		defer f.Close()
 		defer os.Remove(pidfile)
 	}
 	reportReady(nil)
@@ -377,18 +381,25 @@ func (d *daemon) export(ctx context.Context, s string) error {
 	return d.bd.Execute(ctx, "block-export-add", raw)
 }
 
-func writePidfile(path string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o644)
+// writePidfile writes the daemon's PID into path and keeps it locked
+// (the returned file stays open), so that a second daemon with the same
+// pid file refuses to start.
+func writePidfile(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|syscall.O_CLOEXEC, 0o644)
 	if err != nil {
-		return fmt.Errorf("cannot create PID file: %v", err)
+		return nil, fmt.Errorf("cannot create PID file: %v", err)
 	}
-	defer f.Close()
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		return fmt.Errorf("cannot lock PID file '%s': another daemon uses it", path)
+		f.Close()
+		return nil, fmt.Errorf("Cannot lock pid file '%s': another daemon uses it", path)
 	}
 	if err := f.Truncate(0); err != nil {
-		return err
+		f.Close()
+		return nil, err
 	}
-	_, err = fmt.Fprintf(f, "%d\n", os.Getpid())
-	return err
+	if _, err := fmt.Fprintf(f, "%d\n", os.Getpid()); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }

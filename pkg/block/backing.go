@@ -60,6 +60,9 @@ func (o *Opener) AttachBacking(ctx context.Context, backing, format string) (*Ch
 	if o.common.Cache != nil {
 		opts["cache"] = o.common.Cache
 	}
+	if fs := o.common.ForceShare; fs != nil && *fs {
+		opts["force-share"] = true
+	}
 	raw, err := marshalJSON(opts)
 	if err != nil {
 		return nil, err

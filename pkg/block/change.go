@@ -1,6 +1,7 @@
 package block
 
 import (
+	"context"
 	"fmt"
 	"slices"
 )
@@ -19,7 +20,16 @@ func (t *Txn) Replace(c *Child, to *Node) error {
 	}
 	t.retarget(c, from, to)
 	t.OnUndo(func() { t.retarget(c, to, from) })
+	t.OnCommit(func() { t.g.freeIfUnused(from) })
 	return nil
+}
+
+// freeIfUnused removes a node that neither a parent nor the monitor holds
+// (an implicitly opened child whose last user moved away).
+func (g *Graph) freeIfUnused(n *Node) {
+	if !n.closed && len(n.parents) == 0 && !n.monitorOwned {
+		g.removeNode(n)
+	}
 }
 
 // frozenError is qsd's message for changing a frozen edge: it names the
@@ -83,9 +93,7 @@ func (t *Txn) RemoveChild(c *Child) error {
 	})
 	t.OnCommit(func() {
 		cn.monitorOwned = wasOwned
-		if len(cn.parents) == 0 && !cn.monitorOwned {
-			t.g.removeNode(cn)
-		}
+		t.g.freeIfUnused(cn)
 	})
 	return nil
 }
@@ -103,11 +111,7 @@ func (t *Txn) SetMonitorOwned(n *Node, owned bool) {
 	n.monitorOwned = owned
 	t.OnUndo(func() { n.monitorOwned = old })
 	if !owned {
-		t.OnCommit(func() {
-			if len(n.parents) == 0 && !n.monitorOwned {
-				t.g.removeNode(n)
-			}
-		})
+		t.OnCommit(func() { t.g.freeIfUnused(n) })
 	}
 }
 
@@ -200,5 +204,63 @@ func (o *Opener) FreezeChain(base *Node) error {
 	n := o.node
 	n.ownFrozen = append(n.ownFrozen, cs...)
 	o.tx.OnUndo(func() { n.ownFrozen = nil })
+	return nil
+}
+
+// CloseAll removes every node, users before what they use, flushing and
+// closing each (daemon shutdown). Roots still attached are left pointing
+// at closed nodes: their owners stop first.
+func (t *Txn) CloseAll() {
+	order, err := t.g.topoOrder()
+	if err != nil {
+		order = t.g.Nodes()
+	}
+	t.Drain(order...)
+	for _, n := range order {
+		n.monitorOwned = false
+		t.g.removeNode(n)
+	}
+}
+
+// ChangeReadOnly makes n read-only or read-write, telling its driver
+// when it must act (ReadOnlyChanger). Going read-only is refused while a
+// user writes through n; the permissions are brought up to date at once
+// either way, so that what comes next in the change (a parent's driver
+// writing through n, a child becoming read-only) sees the new state. A
+// change that flips a parent and its children goes parents first to
+// read-only and children first to read-write (see Reopen).
+func (t *Txn) ChangeReadOnly(ctx context.Context, n *Node, ro bool) error {
+	if ro && n.ReadOnly() != ro && n.perm&(PermWrite|PermWriteUnchanged) != 0 {
+		// compat(qsd-7.2)
+		return Errorf(ErrReadOnly, "Read-only block node '%s' cannot support read-write users", n.name)
+	}
+	if n.ReadOnly() == ro {
+		return nil
+	}
+	t.Drain(n)
+	if ro {
+		t.SetReadOnly(n, true)
+		if err := t.readOnlyHook(ctx, n, true); err != nil {
+			return err
+		}
+		return t.g.refreshPerms()
+	}
+	t.SetReadOnly(n, false)
+	if err := t.g.refreshPerms(); err != nil {
+		return err
+	}
+	return t.readOnlyHook(ctx, n, false)
+}
+
+func (t *Txn) readOnlyHook(ctx context.Context, n *Node, ro bool) error {
+	rc, ok := n.impl.(ReadOnlyChanger)
+	if !ok {
+		return nil
+	}
+	undo, err := rc.ChangeReadOnly(ctx, ro)
+	if err != nil {
+		return err
+	}
+	t.OnUndo(undo)
 	return nil
 }

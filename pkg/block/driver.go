@@ -172,6 +172,16 @@ type Reopener interface {
 	PrepareReopen(ctx context.Context, opts any) (commit, abort func(), err error)
 }
 
+// ReadOnlyChanger is implemented by drivers that must act when their
+// node's read-only state changes at run time (reopen, snapshots): a file
+// opened read-only reopens its descriptor read-write; a format writes its
+// caches back before it becomes read-only. It is called drained, under the
+// graph lock, children before parents when going read-write and parents
+// before children when going read-only; undo reverses it on abort.
+type ReadOnlyChanger interface {
+	ChangeReadOnly(ctx context.Context, ro bool) (undo func(), err error)
+}
+
 // Filenamer is implemented by protocol drivers: the name QMP reports.
 type Filenamer interface {
 	Filename() string

@@ -383,6 +383,9 @@ func inheritable(c CommonOptions) map[string]any {
 	if c.AutoReadOnly != nil {
 		def["auto-read-only"] = *c.AutoReadOnly
 	}
+	if c.ForceShare != nil {
+		def["force-share"] = *c.ForceShare
+	}
 	return def
 }
 

@@ -172,6 +172,10 @@ func (g *Graph) refreshPerms() error {
 	return nil
 }
 
+// RefreshPerms recomputes and applies permissions now, inside a change
+// that needs them current before it goes on. Call under the graph lock.
+func (g *Graph) RefreshPerms() error { return g.refreshPerms() }
+
 // topoOrder lists the nodes parents first. A cycle is an internal error:
 // attach refuses edges that would make one.
 func (g *Graph) topoOrder() ([]*Node, error) {

@@ -20,6 +20,7 @@ var (
 // Children may be switched to other existing nodes (or, for backing, to
 // none); the driver's own options change only if it implements Reopener.
 func (t *Txn) Reopen(ctx context.Context, raw json.RawMessage) (*Node, error) {
+
 	var head map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &head); err != nil {
 		return nil, errors.New("Invalid parameter type for 'options', expected: object")
@@ -32,7 +33,7 @@ func (t *Txn) Reopen(ctx context.Context, raw json.RawMessage) (*Node, error) {
 	if n == nil {
 		return nil, Errorf(ErrNotFound, "Failed to find node with node-name='%s'", name)
 	}
-	if _, ok := head["backing"]; !ok && n.drv.SupportsBacking {
+	if _, ok := head["backing"]; !ok && hasBacking(n) {
 		// compat(qsd-7.2): qsd checks this before anything else.
 		return nil, fmt.Errorf("backing is missing for '%s'", name)
 	}
@@ -56,9 +57,23 @@ func (t *Txn) Reopen(ctx context.Context, raw json.RawMessage) (*Node, error) {
 	}
 	t.Drain(n)
 
-	// Children first: they may make the node's new state valid.
-	if err := t.reopenChildren(n, opts); err != nil {
+	// Read-only goes parent first (it writes its caches back while its
+	// file is still writable), read-write children first (the parent
+	// prepares its image through them). Children the node opened itself
+	// inherit the new state, as in QEMU.
+	ro := common.ReadOnly != nil && *common.ReadOnly
+	if ro {
+		if err := t.ChangeReadOnly(ctx, n, true); err != nil {
+			return nil, err
+		}
+	}
+	if err := t.reopenChildren(ctx, n, opts, ro, common.ReadOnly != nil); err != nil {
 		return nil, err
+	}
+	if !ro {
+		if err := t.ChangeReadOnly(ctx, n, false); err != nil {
+			return nil, err
+		}
 	}
 	// The driver's own options.
 	if field := changedOption(n.opts, opts); field != "" {
@@ -73,13 +88,6 @@ func (t *Txn) Reopen(ctx context.Context, raw json.RawMessage) (*Node, error) {
 		t.OnCommit(commit)
 		t.OnUndo(abort)
 	}
-	ro := common.ReadOnly != nil && *common.ReadOnly
-	if ro && !n.ReadOnly() {
-		if err := n.Flush(ctx); err != nil {
-			return nil, fmt.Errorf("Write to node '%s' failed: %s", name, err)
-		}
-	}
-	t.SetReadOnly(n, ro)
 	oldOpts, oldCommon, oldRaw := n.opts, n.common, n.raw
 	common.NodeName = name
 	n.opts, n.common, n.raw = opts, common, raw
@@ -88,7 +96,10 @@ func (t *Txn) Reopen(ctx context.Context, raw json.RawMessage) (*Node, error) {
 }
 
 // reopenChildren applies the child links of the new options.
-func (t *Txn) reopenChildren(n *Node, opts any) error {
+// A child named by its current name follows ro only when the options set
+// read-only explicitly (roGiven); otherwise it keeps its state (QEMU keeps
+// a referenced child's options and passes down only what was given).
+func (t *Txn) reopenChildren(ctx context.Context, n *Node, opts any, ro, roGiven bool) error {
 	v := reflect.ValueOf(opts).Elem()
 	for i := 0; i < v.NumField(); i++ {
 		f := v.Type().Field(i)
@@ -106,10 +117,15 @@ func (t *Txn) reopenChildren(n *Node, opts any) error {
 		default:
 			continue
 		}
-		if ref.Inline != nil {
-			return fmt.Errorf("Cannot create a new node with blockdev-reopen: '%s' of '%s' must name an existing node", name, n.name)
-		}
 		cur := n.ChildNamed(name)
+		if ref.Inline != nil {
+			// New options for a child the node opened itself (QEMU's
+			// reopen queue takes them so); never a new node.
+			if err := t.reopenInline(ctx, n, name, cur, ref.Inline, ro); err != nil {
+				return err
+			}
+			continue
+		}
 		var target *Node
 		if !ref.Null {
 			var err error
@@ -119,6 +135,13 @@ func (t *Txn) reopenChildren(n *Node, opts any) error {
 		}
 		switch {
 		case cur != nil && target == cur.Node():
+			// The same child: one the node opened itself follows the
+			// node's read-only state.
+			if roGiven && !target.monitorOwned && cur.role&RoleCOW == 0 {
+				if err := t.ChangeReadOnly(ctx, target, ro); err != nil {
+					return err
+				}
+			}
 			continue
 		case cur != nil && cur.frozen > 0:
 			return frozenError(cur)
@@ -167,4 +190,41 @@ func sameCache(a, b *CacheOptions) bool {
 	ad, an := get(a)
 	bd, bn := get(b)
 	return ad == bd && an == bn
+}
+
+// hasBacking reports whether a reopen of n must say what its backing is:
+// it has one, or its image header names one.
+func hasBacking(n *Node) bool {
+	if COWChild(n) != nil {
+		return true
+	}
+	if bf, ok := n.impl.(BackingFiler); ok {
+		name, _ := bf.BackingFile()
+		return name != ""
+	}
+	return false
+}
+
+// reopenInline reopens the child called name of n with inline options.
+func (t *Txn) reopenInline(ctx context.Context, n *Node, name string, cur *Child, raw json.RawMessage, ro bool) error {
+	if cur == nil || cur.Node().monitorOwned {
+		return fmt.Errorf("Cannot create a new node with blockdev-reopen: '%s' of '%s' must name an existing node", name, n.name)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return fmt.Errorf("Invalid parameter type for '%s', expected: object", name)
+	}
+	if nn, ok := m["node-name"]; ok && nn != cur.Node().name {
+		return fmt.Errorf("Cannot change the option 'node-name' of '%s'", cur.Node().name)
+	}
+	m["node-name"] = cur.Node().name
+	if _, ok := m["read-only"]; !ok && cur.role&RoleCOW == 0 {
+		m["read-only"] = ro
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	_, err = t.Reopen(ctx, b)
+	return err
 }

@@ -79,7 +79,7 @@ func TestReopen(t *testing.T) {
 		t.Errorf("after reopen: backing %s, read-only %v", childName(block.COWChild(top)), top.ReadOnly())
 	}
 	g.Unlock()
-	if err := reopen(`{"driver":"blocktest-cow","node-name":"top","file":"` + topFile + `","backing":null}`); err != nil {
+	if err := reopen(`{"driver":"blocktest-cow","node-name":"top","file":"` + topFile + `","backing":null,"read-only":false}`); err != nil {
 		t.Fatal(err)
 	}
 	g.Lock()

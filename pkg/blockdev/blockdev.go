@@ -53,7 +53,7 @@ func New(log logrus.FieldLogger) *Server {
 	s := &Server{log: log, emit: em}
 	s.G = block.NewGraph(block.Decoder(qmp.Decode), log)
 	s.G.SetEmitter(em)
-	s.Jobs = jobs.NewRunner(em, log)
+	s.Jobs = jobs.NewRunner(s.G, em, log)
 	return s
 }
 
@@ -122,13 +122,7 @@ func (s *Server) Shutdown(ctx context.Context) {
 	s.Jobs.Close()
 	s.stopExports(ctx)
 	tx := s.G.Begin()
-	for _, n := range tx.Graph().Nodes() {
-		if n.MonitorOwned() {
-			if err := tx.Delete(n.Name()); err != nil {
-				s.log.WithError(err).WithField("node", n.Name()).Debug("shutdown: node still in use")
-			}
-		}
-	}
+	tx.CloseAll()
 	if err := tx.Commit(); err != nil {
 		s.log.WithError(err).Warn("shutdown: closing nodes")
 	}

@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 
@@ -22,7 +22,7 @@ type exportState struct {
 	listener  net.Listener
 	unixPath  string
 	serveDone chan struct{}
-	exports   map[string]*export // by id
+	exports   []*export // in creation order
 }
 
 type export struct {
@@ -148,7 +148,7 @@ func (s *Server) startNBDLocked(l net.Listener, path string, maxConn *uint32) er
 			s.log.WithError(err).Warn("nbd: serve")
 		}
 	}()
-	s.exports = exportState{srv: srv, listener: l, unixPath: path, serveDone: done, exports: map[string]*export{}}
+	s.exports = exportState{srv: srv, listener: l, unixPath: path, serveDone: done}
 	return nil
 }
 
@@ -162,16 +162,11 @@ func (s *Server) nbdServerStop(ctx context.Context, a *struct{}) (empty, error) 
 	return empty{}, nil
 }
 
-// stopNBDLocked deletes every export (BLOCK_EXPORT_DELETED each, in id
-// order as qsd), then closes the server.
+// stopNBDLocked deletes every export (BLOCK_EXPORT_DELETED each, in the
+// order they were made, as qsd), then closes the server.
 func (s *Server) stopNBDLocked() {
-	ids := make([]string, 0, len(s.exports.exports))
-	for id := range s.exports.exports {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	for _, id := range ids {
-		s.deleteExportLocked(s.exports.exports[id], true)
+	for _, e := range slices.Clone(s.exports.exports) {
+		s.deleteExportLocked(e, true)
 	}
 	s.exports.srv.Close()
 	<-s.exports.serveDone
@@ -241,9 +236,9 @@ func (s *Server) addExport(ctx context.Context, a *ExportArgs, n *NBDExportArgs)
 		return errors.New("NBD server not running")
 	}
 	if !block.ValidID(a.ID) {
-		return fmt.Errorf("Invalid block export id '%s'", a.ID)
+		return errors.New("Invalid block export id")
 	}
-	if s.exports.exports[a.ID] != nil {
+	if s.findExport(a.ID) != nil {
 		return fmt.Errorf("Block export id '%s' is already in use", a.ID)
 	}
 	if len(n.Bitmaps) > 0 {
@@ -303,7 +298,17 @@ func (s *Server) addExport(ctx context.Context, a *ExportArgs, n *NBDExportArgs)
 		_ = s.exports.srv.RemoveExport(name, true)
 		return err
 	}
-	s.exports.exports[a.ID] = &export{id: a.ID, root: root, nbd: ex}
+	s.exports.exports = append(s.exports.exports, &export{id: a.ID, root: root, nbd: ex})
+	return nil
+}
+
+// findExport returns the export with id, or nil. s.mu must be held.
+func (s *Server) findExport(id string) *export {
+	for _, e := range s.exports.exports {
+		if e.id == id {
+			return e
+		}
+	}
 	return nil
 }
 
@@ -321,7 +326,7 @@ type exportDelArgs struct {
 func (s *Server) blockExportDel(ctx context.Context, a *exportDelArgs) (empty, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e := s.exports.exports[a.ID]
+	e := s.findExport(a.ID)
 	if e == nil {
 		return empty{}, fmt.Errorf("Export '%s' is not found", a.ID)
 	}
@@ -339,7 +344,7 @@ func (s *Server) deleteExportLocked(e *export, hard bool) {
 	if err := s.exports.srv.RemoveExport(e.nbd.Name(), true); err != nil {
 		s.log.WithError(err).WithField("export", e.id).Warn("nbd: removing export")
 	}
-	delete(s.exports.exports, e.id)
+	s.exports.exports = slices.DeleteFunc(s.exports.exports, func(x *export) bool { return x == e })
 	s.detachRoot(e.root)
 	s.emit.Emit("BLOCK_EXPORT_DELETED", map[string]any{"id": e.id})
 }
@@ -357,11 +362,11 @@ func (s *Server) queryBlockExports(ctx context.Context, a *struct{}) ([]exportIn
 	s.G.Lock()
 	defer s.G.Unlock()
 	out := []exportInfo{}
-	for _, e := range s.exports.exports {
+	// compat(qsd-7.2): newest export first.
+	for i := len(s.exports.exports) - 1; i >= 0; i-- {
+		e := s.exports.exports[i]
 		out = append(out, exportInfo{Type: "nbd", ID: e.id, NodeName: e.root.Node().Name()})
 	}
-	// compat(qsd-7.2): newest export first.
-	sort.Slice(out, func(i, j int) bool { return out[i].ID > out[j].ID })
 	return out, nil
 }
 

@@ -97,9 +97,10 @@ func (s *Server) queryBlockJobs(ctx context.Context, a *struct{}) ([]BlockJobInf
 		if !j.IsBlockJob() {
 			continue
 		}
-		i := j.Info()
+		i, b := j.Info(), j.BlockInfo()
 		out = append(out, BlockJobInfo{Type: i.Type, Device: i.ID, Len: i.TotalProgress, Offset: i.CurrentProgress,
-			Status: i.Status, Paused: i.Status == "paused", Ready: i.Status == "ready", IOStatus: "ok", Error: i.Error})
+			Status: i.Status, Busy: b.Busy, Paused: b.Paused, Speed: b.Speed, Ready: i.Status == "ready",
+			AutoFinalize: b.AutoFinalize, AutoDismiss: b.AutoDismiss, IOStatus: "ok", Error: i.Error})
 	}
 	return out, nil
 }
@@ -176,7 +177,12 @@ func (s *Server) blockJobCancel(ctx context.Context, a *cancelArgs) (empty, erro
 	if err != nil {
 		return empty{}, err
 	}
-	return empty{}, j.Cancel(a.Force != nil && *a.Force)
+	force := a.Force != nil && *a.Force
+	if !force && j.UserPaused() {
+		// compat(qsd-7.2): a paused job needs force to be cancelled here.
+		return empty{}, fmt.Errorf("The block job for device '%s' is currently paused", a.Device)
+	}
+	return empty{}, j.Cancel(force)
 }
 
 type setSpeedArgs struct {

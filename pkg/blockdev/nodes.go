@@ -63,6 +63,9 @@ func (s *Server) blockResize(ctx context.Context, a *resizeArgs) (empty, error) 
 	if a.Size < 0 {
 		return empty{}, errors.New("Parameter 'size' expects a >0 size")
 	}
+	if b := n.OpBlocker(); b != "" {
+		return empty{}, fmt.Errorf("Node '%s' is busy: %s", n.Name(), b)
+	}
 	if n.ReadOnly() {
 		return empty{}, errors.New("Image is read-only")
 	}
@@ -74,9 +77,6 @@ func (s *Server) blockResize(ctx context.Context, a *resizeArgs) (empty, error) 
 		return empty{}, err
 	}
 	defer s.detachRoot(r)
-	if a.Size%512 != 0 {
-		return empty{}, errors.New("The new size must be a multiple of 512")
-	}
 	return empty{}, r.Truncate(ctx, a.Size, false)
 }
 

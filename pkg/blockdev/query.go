@@ -88,7 +88,8 @@ func deviceInfo(ctx context.Context, n *block.Node, flat bool) BlockDeviceInfo {
 		}
 	}
 	if !flat {
-		for x := block.BackingChainNext(n); x != nil; x = block.BackingChainNext(x) {
+		// Every link of the chain counts, filters included, as in QEMU.
+		for c := block.FilteredOrCOWChild(n); c != nil; c = block.FilteredOrCOWChild(c.Node()) {
 			d.BackingFileDepth++
 		}
 	}

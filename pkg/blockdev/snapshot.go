@@ -35,7 +35,7 @@ type snapshotSyncArgs struct {
 // fail before the graph changes (creating image files) is done by
 // prepare; apply changes the graph inside the shared change.
 type action interface {
-	prepare(ctx context.Context, s *Server) error
+	prepare(ctx context.Context, s *Server, tx *block.Txn) error
 	apply(ctx context.Context, s *Server, tx *block.Txn) error
 }
 
@@ -47,17 +47,16 @@ func (s *Server) blockdevSnapshotSync(ctx context.Context, a *snapshotSyncArgs) 
 	return empty{}, s.runActions(ctx, []action{&snapshotSyncAction{a: *a}})
 }
 
-// runActions prepares every action, then applies them all in one graph
-// change: either all take effect or none does.
+// runActions runs the actions one after the other inside one graph
+// change, each seeing what the ones before it did: either all take effect
+// or none does (image files already created stay, as with QEMU).
 func (s *Server) runActions(ctx context.Context, acts []action) error {
-	for _, a := range acts {
-		if err := a.prepare(ctx, s); err != nil {
-			return err
-		}
-	}
 	tx := s.G.Begin()
 	defer tx.Abort()
 	for _, a := range acts {
+		if err := a.prepare(ctx, s, tx); err != nil {
+			return err
+		}
 		if err := a.apply(ctx, s, tx); err != nil {
 			return err
 		}
@@ -67,7 +66,7 @@ func (s *Server) runActions(ctx context.Context, acts []action) error {
 
 type snapshotAction struct{ a snapshotArgs }
 
-func (x *snapshotAction) prepare(ctx context.Context, s *Server) error { return nil }
+func (x *snapshotAction) prepare(ctx context.Context, s *Server, tx *block.Txn) error { return nil }
 
 func (x *snapshotAction) apply(ctx context.Context, s *Server, tx *block.Txn) error {
 	g := tx.Graph()
@@ -101,17 +100,15 @@ func appendOverlay(ctx context.Context, tx *block.Txn, old, ov *block.Node) erro
 	if !ov.Driver().SupportsBacking {
 		return errors.New("The overlay does not support backing images")
 	}
-	if !old.ReadOnly() {
-		if err := old.Flush(ctx); err != nil {
-			return fmt.Errorf("Write to node '%s' failed: %s", old.Name(), err)
-		}
-	}
 	tx.Drain(old, ov)
 	if err := tx.Append(ov, old); err != nil {
 		return err
 	}
-	tx.SetReadOnly(old, true)
-	return nil
+	// Its users moved to the overlay: nothing writes old any more.
+	if err := tx.Graph().RefreshPerms(); err != nil {
+		return err
+	}
+	return tx.ChangeReadOnly(ctx, old, true)
 }
 
 type snapshotSyncAction struct {
@@ -120,25 +117,21 @@ type snapshotSyncAction struct {
 	created bool
 }
 
-func (x *snapshotSyncAction) prepare(ctx context.Context, s *Server) error {
+func (x *snapshotSyncAction) prepare(ctx context.Context, s *Server, tx *block.Txn) error {
 	a := &x.a
-	s.G.Lock()
+	g := tx.Graph()
 	old, err := s.lookupDeviceOrNode(a.Device, a.NodeName)
-	var size int64
-	var oldFile, oldFormat string
-	if err == nil {
-		size, oldFile, oldFormat = old.Size(), Filename(old), old.Driver().Name
-		if a.NodeName != nil && a.SnapshotNodeName == nil {
-			err = errors.New("New overlay node-name missing")
-		} else if a.SnapshotNodeName != nil && s.G.Lookup(*a.SnapshotNodeName) != nil {
-			err = errors.New("New overlay node-name already in use")
-		} else if b := old.OpBlocker(); b != "" {
-			err = fmt.Errorf("Node '%s' is busy: %s", old.Name(), b)
-		}
-	}
-	s.G.Unlock()
 	if err != nil {
 		return err
+	}
+	if b := old.OpBlocker(); b != "" {
+		return fmt.Errorf("Node '%s' is busy: %s", old.Name(), b)
+	}
+	if a.NodeName != nil && a.SnapshotNodeName == nil {
+		return errors.New("New overlay node-name missing")
+	}
+	if a.SnapshotNodeName != nil && g.Lookup(*a.SnapshotNodeName) != nil {
+		return errors.New("New overlay node-name already in use")
 	}
 	x.old = old
 	format := "qcow2"
@@ -150,27 +143,28 @@ func (x *snapshotSyncAction) prepare(ctx context.Context, s *Server) error {
 	}
 	// absolute-paths: make the image, naming the old image by its full
 	// name and format as its backing file.
-	return s.createImage(ctx, a.SnapshotFile, format, size, oldFile, oldFormat)
+	return s.createImage(ctx, a.SnapshotFile, format, old.Size(), Filename(old), old.Driver().Name)
 }
 
 // createImage makes an image file like qemu-img create, through the
-// drivers' blockdev-create implementations.
+// drivers' blockdev-create implementations. It works in a private graph
+// of its own, so that it can run while the daemon's graph is locked by
+// the change it is part of.
 func (s *Server) createImage(ctx context.Context, filename, format string, size int64, backing, backingFormat string) error {
-	fileCreate := block.LookupCreator("file")
-	run, err := fileCreate.Decode(mustJSON(map[string]any{"driver": "file", "filename": filename, "size": 0}), qmp.Decode)
+	run, err := block.LookupCreator("file").Decode(mustJSON(map[string]any{"driver": "file", "filename": filename, "size": 0}), qmp.Decode)
 	if err != nil {
 		return err
 	}
-	if err := run(ctx, s.G); err != nil {
+	priv := block.NewGraph(block.Decoder(qmp.Decode), s.log)
+	if err := run(ctx, priv); err != nil {
 		return err
 	}
 	c := block.LookupCreator(format)
 	if c == nil {
 		return fmt.Errorf("Driver '%s' does not support image creation", format)
 	}
-	tx := s.G.Begin()
-	fnode, err := tx.Open(ctx, mustJSON(map[string]any{"driver": "file", "filename": filename}), false)
-	if err != nil {
+	tx := priv.Begin()
+	if _, err := tx.Open(ctx, mustJSON(map[string]any{"driver": "file", "node-name": "image", "filename": filename}), true); err != nil {
 		tx.Abort()
 		return err
 	}
@@ -178,13 +172,11 @@ func (s *Server) createImage(ctx context.Context, filename, format string, size 
 		return err
 	}
 	defer func() {
-		tx := s.G.Begin()
-		tx.SetMonitorOwned(fnode, false)
-		if err := tx.Commit(); err != nil {
-			s.log.WithError(err).Warn("removing a temporary node")
-		}
+		tx := priv.Begin()
+		tx.CloseAll()
+		_ = tx.Commit()
 	}()
-	opts := map[string]any{"driver": format, "file": fnode.Name(), "size": size}
+	opts := map[string]any{"driver": format, "file": "image", "size": size}
 	if backing != "" {
 		opts["backing-file"] = backing
 		opts["backing-fmt"] = backingFormat
@@ -193,7 +185,7 @@ func (s *Server) createImage(ctx context.Context, filename, format string, size 
 	if err != nil {
 		return err
 	}
-	return run(ctx, s.G)
+	return run(ctx, priv)
 }
 
 func (x *snapshotSyncAction) apply(ctx context.Context, s *Server, tx *block.Txn) error {
@@ -246,7 +238,7 @@ var transactionTypes = []string{"abort", "block-dirty-bitmap-add", "block-dirty-
 
 type abortAction struct{}
 
-func (abortAction) prepare(ctx context.Context, s *Server) error {
+func (abortAction) prepare(ctx context.Context, s *Server, tx *block.Txn) error {
 	return errors.New("Transaction aborted using Abort action")
 }
 func (abortAction) apply(ctx context.Context, s *Server, tx *block.Txn) error { return nil }

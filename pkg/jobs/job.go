@@ -11,6 +11,8 @@ import (
 	"sync"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/blockd/blockd/pkg/block"
 )
 
 // Emitter publishes events; pkg/qmp implements it.
@@ -25,10 +27,15 @@ type Body interface {
 }
 
 // Finisher is implemented by bodies that change the graph when they end.
+// The runner calls Prepare inside a graph change it then commits (or
+// aborts, when Prepare or the permission check fails); Commit follows a
+// committed change and must not fail; Abort undoes or cleans up after an
+// error, in a graph change of its own. None of them runs under the job's
+// own lock, so they may take the graph lock and ask the job for its state.
 type Finisher interface {
-	Prepare() error // may fail; nothing visible has changed yet
-	Commit()        // must not fail
-	Abort()         // undo Prepare, or clean up after an error
+	Prepare(tx *block.Txn) error
+	Commit()
+	Abort(tx *block.Txn)
 }
 
 // Options are how a job was asked to behave.
@@ -57,7 +64,7 @@ type Job struct {
 	mu        sync.Mutex
 	cond      sync.Cond
 	status    Status // guarded by mu
-	pauses    int    // user pause requests; guarded by mu
+	paused    bool   // job-pause asked the job to stop at its next Yield; guarded by mu
 	cancelled bool   // guarded by mu
 	force     bool   // guarded by mu
 	err       error  // the first error; guarded by mu
@@ -71,20 +78,22 @@ type Job struct {
 type Runner struct {
 	emit Emitter
 	log  logrus.FieldLogger
+	g    *block.Graph // for the jobs' graph steps
 
 	mu   sync.Mutex
 	jobs []*Job // creation order; guarded by mu
 	wg   sync.WaitGroup
 }
 
-// NewRunner returns a runner that emits events through emit.
-func NewRunner(emit Emitter, log logrus.FieldLogger) *Runner {
+// NewRunner returns a runner for jobs on graph g that emits events
+// through emit.
+func NewRunner(g *block.Graph, emit Emitter, log logrus.FieldLogger) *Runner {
 	if log == nil {
 		l := logrus.New()
 		l.SetLevel(logrus.PanicLevel)
 		log = l
 	}
-	return &Runner{emit: emit, log: log}
+	return &Runner{emit: emit, log: log, g: g}
 }
 
 // Find returns the job with id, or nil.
@@ -146,9 +155,11 @@ func (r *Runner) Close() {
 	r.wg.Wait()
 }
 
+// moveLocked moves j to s and emits JOB_STATUS_CHANGE. A move the state
+// machine does not allow is a bug: it is logged loudly and not made.
 func (j *Job) moveLocked(s Status) {
 	if !canMove(j.status, s) {
-		j.r.log.WithFields(logrus.Fields{"job": j.ID, "from": j.status, "to": s}).Error("jobs: illegal transition")
+		j.r.log.WithFields(logrus.Fields{"job": j.ID, "from": j.status, "to": s}).Error("jobs: internal error: illegal transition")
 		return
 	}
 	j.status = s
@@ -167,10 +178,9 @@ func (j *Job) run() {
 	if err != nil && j.err == nil && !errors.Is(err, ErrCancelled) {
 		j.err = err
 	}
-	fin, _ := j.body.(Finisher)
 	if err != nil {
-		j.abortLocked(fin)
 		j.mu.Unlock()
+		j.abort()
 		return
 	}
 	j.moveLocked(Waiting)
@@ -182,29 +192,49 @@ func (j *Job) run() {
 		j.mu.Unlock()
 		return
 	}
-	j.finalizeLocked(fin)
 	j.mu.Unlock()
+	j.finalize()
 }
 
-// finalizeLocked runs the graph steps and concludes the job.
-func (j *Job) finalizeLocked(fin Finisher) {
-	if fin != nil {
-		if err := fin.Prepare(); err != nil {
+// finalize runs the graph steps of a pending job and concludes it.
+func (j *Job) finalize() {
+	if fin, ok := j.body.(Finisher); ok {
+		tx := j.r.g.Begin()
+		err := fin.Prepare(tx)
+		if err == nil {
+			err = tx.Commit()
+		} else {
+			tx.Abort()
+		}
+		if err != nil {
+			j.mu.Lock()
 			j.err = err
-			j.abortLocked(fin)
+			j.mu.Unlock()
+			j.abort()
 			return
 		}
 		fin.Commit()
 	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
 	j.completedEventLocked()
 	j.concludeLocked()
 }
 
-func (j *Job) abortLocked(fin Finisher) {
+// abort ends a job that failed or was cancelled.
+func (j *Job) abort() {
+	j.mu.Lock()
 	j.moveLocked(Aborting)
-	if fin != nil {
-		fin.Abort()
+	j.mu.Unlock()
+	if fin, ok := j.body.(Finisher); ok {
+		tx := j.r.g.Begin()
+		fin.Abort(tx)
+		if err := tx.Commit(); err != nil {
+			j.r.log.WithError(err).WithField("job", j.ID).Error("jobs: undoing a job's graph changes")
+		}
 	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
 	if j.opts.BlockJob {
 		if j.cancelled && j.err == nil {
 			j.r.emit.Emit("BLOCK_JOB_CANCELLED", j.blockEventLocked())
@@ -267,66 +297,70 @@ func (j *Job) Dismiss() error {
 // Finalize runs the graph steps of a pending job (auto-finalize off).
 func (j *Job) Finalize() error {
 	j.mu.Lock()
-	defer j.mu.Unlock()
 	if !accepts(VerbFinalize, j.status) {
+		defer j.mu.Unlock()
 		return j.verbErrorLocked(VerbFinalize)
 	}
-	fin, _ := j.body.(Finisher)
-	j.finalizeLocked(fin)
+	j.mu.Unlock()
+	j.finalize()
 	return nil
 }
 
 // Cancel asks the job to stop. A pending job is aborted at once.
 func (j *Job) Cancel(force bool) error {
 	j.mu.Lock()
-	defer j.mu.Unlock()
 	if !accepts(VerbCancel, j.status) {
+		defer j.mu.Unlock()
 		return j.verbErrorLocked(VerbCancel)
 	}
 	j.cancelled = true
 	j.force = j.force || force
 	if j.status == Pending {
-		fin, _ := j.body.(Finisher)
-		j.abortLocked(fin)
+		j.mu.Unlock()
+		j.abort()
 		return nil
 	}
 	j.cancel()
 	j.cond.Broadcast()
+	j.mu.Unlock()
 	return nil
 }
 
-// Pause asks the job to park at its next Yield.
+// Pause asks the job to stop at its next pause point (Yield); it shows
+// as paused only once it has stopped there, as in QEMU.
 func (j *Job) Pause() error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if !accepts(VerbPause, j.status) {
 		return j.verbErrorLocked(VerbPause)
 	}
-	j.pauses++
-	if j.status == Running && j.pauses == 1 {
-		j.moveLocked(Paused)
-		j.busy = false
+	if j.paused {
+		return fmt.Errorf("Job is already paused")
 	}
+	j.paused = true
 	return nil
 }
 
-// Resume undoes one Pause.
+// Resume lets a paused job go on.
 func (j *Job) Resume() error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	if !j.paused {
+		return fmt.Errorf("Can't resume a job that was not paused")
+	}
 	if !accepts(VerbResume, j.status) {
 		return j.verbErrorLocked(VerbResume)
 	}
-	if j.pauses == 0 {
-		return fmt.Errorf("Can't resume a job that was not paused")
-	}
-	j.pauses--
-	if j.pauses == 0 && j.status == Paused {
-		j.moveLocked(Running)
-		j.busy = true
-		j.cond.Broadcast()
-	}
+	j.paused = false
+	j.cond.Broadcast()
 	return nil
+}
+
+// UserPaused reports whether job-pause is in effect.
+func (j *Job) UserPaused() bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.paused
 }
 
 // SetSpeed changes the rate limit (bytes per second, 0 = none).
@@ -344,13 +378,20 @@ func (j *Job) SetSpeed(speed int64) error {
 	return nil
 }
 
-// Yield is the job body's only suspension point: it parks while the job
-// is paused and returns ErrCancelled once it is cancelled.
+// Yield is the job body's only pause point: while job-pause is in
+// effect the job moves to paused and waits here; it returns ErrCancelled
+// once the job is cancelled.
 func (j *Job) Yield(ctx context.Context) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	for j.pauses > 0 && !j.cancelled {
-		j.cond.Wait()
+	if j.paused && !j.cancelled {
+		j.moveLocked(Paused)
+		j.busy = false
+		for j.paused && !j.cancelled {
+			j.cond.Wait()
+		}
+		j.moveLocked(Running)
+		j.busy = true
 	}
 	if j.cancelled {
 		return ErrCancelled
@@ -376,6 +417,20 @@ type Info struct {
 	CurrentProgress int64  `json:"current-progress"`
 	TotalProgress   int64  `json:"total-progress"`
 	Error           string `json:"error,omitempty"`
+}
+
+// BlockInfo is what query-block-jobs says beyond Info.
+type BlockInfo struct {
+	Busy, Paused              bool
+	Speed                     int64
+	AutoFinalize, AutoDismiss bool
+}
+
+// BlockInfo describes the job for query-block-jobs.
+func (j *Job) BlockInfo() BlockInfo {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return BlockInfo{Busy: j.busy, Paused: j.paused, Speed: j.speed, AutoFinalize: j.opts.AutoFinalize, AutoDismiss: j.opts.AutoDismiss}
 }
 
 // Info describes the job for query-jobs.

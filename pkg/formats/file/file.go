@@ -42,13 +42,14 @@ type AIOMode string
 func (AIOMode) EnumValues() []string { return []string{"threads", "native", "io_uring"} }
 
 type file struct {
-	name    string
-	f       *os.File
-	fd      int
-	direct  bool
-	align   int64
-	noFlush bool
-	locking bool
+	name     string
+	f        *os.File
+	fd       int
+	direct   bool
+	writable bool // opened read-write
+	align    int64
+	noFlush  bool
+	locking  bool
 
 	mu           sync.Mutex // guards the lock state
 	perm, shared block.Perm
@@ -84,14 +85,15 @@ func open(ctx context.Context, o *block.Opener, opts *Options) (block.Impl, erro
 		return nil, block.Errorf(block.ErrInvalid, "Could not open '%s': %s", opts.Filename, strerror(syscall.EISDIR))
 	}
 	d := &file{
-		name:    opts.Filename,
-		f:       f,
-		fd:      int(f.Fd()),
-		direct:  common.Direct(),
-		align:   1,
-		noFlush: common.NoFlush(),
-		locking: opts.Locking == nil || *opts.Locking != "off",
-		shared:  block.PermAll,
+		name:     opts.Filename,
+		f:        f,
+		fd:       int(f.Fd()),
+		direct:   common.Direct(),
+		writable: flags&os.O_RDWR != 0 && !o.ReadOnly(),
+		align:    1,
+		noFlush:  common.NoFlush(),
+		locking:  opts.Locking == nil || *opts.Locking != "off",
+		shared:   block.PermAll,
 	}
 	if d.direct {
 		d.align = probeAlign(d.fd)
