@@ -35,7 +35,7 @@ deps:
 test: deps lint unit iotests
 
 unit:
-	$(GO) test -race -count=1 ./pkg/... ./cmd/...
+	$(GO) test -race -count=1 ./pkg/... ./cmd/... ./internal/...
 
 iotests: iotests-blockd iotests-qsd
 
