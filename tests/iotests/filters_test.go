@@ -281,3 +281,21 @@ func TestCopyOnReadFreezesChain(t *testing.T) {
 	d.Cmd("blockdev-del", map[string]any{"node-name": "cor"})
 	d.Cmd("blockdev-reopen", map[string]any{"options": []any{map[string]any{"driver": "qcow2", "node-name": "top", "file": "top-file", "backing": "base"}}})
 }
+
+// TestReopenThrottleGroup moves a throttle node to another group with
+// blockdev-reopen; the old group can then be deleted, the new one not.
+func TestReopenThrottleGroup(t *testing.T) {
+	d := start(t)
+	d.Cmd("object-add", map[string]any{"qom-type": "throttle-group", "id": "tg0", "limits": map[string]any{"iops-total": 1000}})
+	d.Cmd("object-add", map[string]any{"qom-type": "throttle-group", "id": "tg1", "limits": map[string]any{"iops-total": 2000}})
+	d.Cmd("blockdev-add", map[string]any{"driver": "null-co", "node-name": "n0"})
+	d.Cmd("blockdev-add", map[string]any{"driver": "throttle", "node-name": "t", "file": "n0", "throttle-group": "tg0"})
+	d.MustFail("blockdev-reopen", map[string]any{"options": []any{map[string]any{"driver": "throttle", "node-name": "t", "file": "n0", "throttle-group": "nosuch"}}},
+		"GenericError", "Throttle group 'nosuch' does not exist")
+	d.Cmd("blockdev-reopen", map[string]any{"options": []any{map[string]any{"driver": "throttle", "node-name": "t", "file": "n0", "throttle-group": "tg1"}}})
+	d.Cmd("object-del", map[string]any{"id": "tg0"})
+	d.MustFail("object-del", map[string]any{"id": "tg1"}, "GenericError", "object 'tg1' is in use, can not be deleted")
+	sock := startNBD(d)
+	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "t"})
+	run(t, "qemu-io", "-r", "-f", "raw", "-c", "read 0 64k", nbdURI(sock, "t"))
+}

@@ -18,6 +18,7 @@ type Options struct {
 // Flushes, block status and truncation are not throttled.
 type Filter struct {
 	block.Forward
+	node  *block.Node
 	group *Group
 	m     *member
 }
@@ -37,7 +38,7 @@ func open(ctx context.Context, o *block.Opener, opts *Options) (block.Impl, erro
 	}
 	// Joining is the last step: a failed open leaves the group unused,
 	// and once the node exists its Close leaves the group again.
-	f := &Filter{Forward: block.Forward{C: c}, group: g}
+	f := &Filter{Forward: block.Forward{C: c}, node: o.Node(), group: g}
 	f.m = g.join(o.Node().Name())
 	return f, nil
 }
@@ -93,4 +94,31 @@ func (f *Filter) DrainEnd() { f.group.drainEnd(f.m) }
 func (f *Filter) Close() error {
 	f.group.leave(f.m)
 	return nil
+}
+
+// PrepareReopen implements block.Reopener: blockdev-reopen may move the
+// node to another throttle group. The node is drained, so no request waits
+// in the old group when it switches.
+func (f *Filter) PrepareReopen(ctx context.Context, opts any) (commit, abort func(), err error) {
+	o := opts.(*Options)
+	if o.ThrottleGroup == "" {
+		return nil, nil, block.Errorf(block.ErrInvalid, "Please specify a throttle group")
+	}
+	g, ok := f.node.Graph().Object(o.ThrottleGroup).(*Group)
+	if !ok {
+		return nil, nil, block.Errorf(block.ErrNotFound, "Throttle group '%s' does not exist", o.ThrottleGroup)
+	}
+	commit = func() {
+		if g == f.group {
+			return
+		}
+		drained := f.node.Drained()
+		f.group.leave(f.m)
+		f.group, f.m = g, g.join(f.node.Name())
+		if drained {
+			// DrainEnd will come for the new membership.
+			g.drainBegin(f.m)
+		}
+	}
+	return commit, func() {}, nil
 }
