@@ -5,6 +5,11 @@ package block
 // flight, and tells drivers that hold requests (throttle) to let them go.
 // It lasts until the change commits or aborts. Node-to-node calls are
 // never blocked: a request already inside must be able to finish.
+//
+// Every request comes in through a Root (exports, commands, and jobs each
+// own one), so waiting for the roots is waiting for all I/O on the
+// drained nodes; a driver that started requests of its own in the
+// background would have to be a Drainer and stop them in DrainBegin.
 func (t *Txn) Drain(nodes ...*Node) {
 	seen := map[*Node]bool{}
 	var roots []*Root

@@ -150,6 +150,12 @@ type ImageInfo struct {
 	ActualSize     *int64         // nil: from the storage child / not reported
 }
 
+// DriverStatser is implemented by drivers with their own statistics for
+// query-blockstats' "driver-specific" member.
+type DriverStatser interface {
+	DriverStats(st *Stats) map[string]any
+}
+
 // BackingFiler is implemented by formats whose image header names a
 // backing file. The strings are the header's, unchanged by graph changes.
 type BackingFiler interface {

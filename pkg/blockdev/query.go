@@ -186,10 +186,6 @@ func dirtyFlag(ctx context.Context, n *block.Node) *bool {
 			return d
 		}
 	}
-	if n.Driver().Name == "file" {
-		f := false
-		return &f
-	}
 	if n.Driver().Kind == block.KindProtocol {
 		return nil
 	}
@@ -238,9 +234,6 @@ func isPlain(n *block.Node) bool {
 // fullOptions describes a node by its driver options and its children's,
 // without node names and runtime-only options.
 func fullOptions(n *block.Node) map[string]any {
-	if _, ok := n.Impl().(block.Filenamer); ok && n.Driver().Name == "file" {
-		return map[string]any{"driver": "file", "filename": n.Filename()}
-	}
 	m := map[string]any{}
 	var raw map[string]any
 	_ = json.Unmarshal(n.RawOptions(), &raw)

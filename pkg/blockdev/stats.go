@@ -92,13 +92,8 @@ func nodeStats(n *block.Node) *BlockStats {
 			TimedStats:             []any{},
 		},
 	}
-	if n.Driver().Name == "file" {
-		b.DriverSpecific = map[string]any{
-			"driver":            "file",
-			"discard-nb-ok":     st.DiscardNbOK.Load(),
-			"discard-nb-failed": st.DiscardNbFailed.Load(),
-			"discard-bytes-ok":  st.DiscardBytesOK.Load(),
-		}
+	if ds, ok := n.Impl().(block.DriverStatser); ok {
+		b.DriverSpecific = ds.DriverStats(st)
 	}
 	if c := block.StorageChild(n); c != nil {
 		b.Parent = nodeStats(c.Node())

@@ -341,3 +341,20 @@ func (d *file) SetPerm(perm, shared block.Perm) {
 		_ = err
 	}
 }
+
+// ImageInfo implements block.Infoer: a file has no dirty flag of its own,
+// and qsd reports it as clean.
+func (d *file) ImageInfo(ctx context.Context) block.ImageInfo {
+	clean := false
+	return block.ImageInfo{DirtyFlag: &clean}
+}
+
+// DriverStats implements block.DriverStatser with qsd's file statistics.
+func (d *file) DriverStats(st *block.Stats) map[string]any {
+	return map[string]any{
+		"driver":            "file",
+		"discard-nb-ok":     st.DiscardNbOK.Load(),
+		"discard-nb-failed": st.DiscardNbFailed.Load(),
+		"discard-bytes-ok":  st.DiscardBytesOK.Load(),
+	}
+}
