@@ -39,16 +39,16 @@ func TestHostileImages(t *testing.T) {
 		// qsdHangs: qsd 7.2 never answers (it loops opening the chain).
 		qsdHangs bool
 	}{
-		{"L1 table past the end", func(p string) { patch(t, p, 40, be64(1<<40)) }},
-		{"L1 table in the header", func(p string) { patch(t, p, 40, be64(0)) }},
-		{"huge L1 size", func(p string) { patch(t, p, 36, be32(0x7fffffff)) }},
-		{"cluster bits 40", func(p string) { patch(t, p, 20, be32(40)) }},
-		{"refcount table past the end", func(p string) { patch(t, p, 48, be64(1<<50)) }},
-		{"truncated file", func(p string) { os.Truncate(p, 1000) }},
-		{"unknown incompatible feature", func(p string) { patch(t, p, 72, be64(1<<40)) }},
-		{"backing file is itself", func(p string) {
+		{name: "L1 table past the end", break_: func(p string) { patch(t, p, 40, be64(1<<40)) }},
+		{name: "L1 table in the header", break_: func(p string) { patch(t, p, 40, be64(0)) }},
+		{name: "huge L1 size", break_: func(p string) { patch(t, p, 36, be32(0x7fffffff)) }},
+		{name: "cluster bits 40", break_: func(p string) { patch(t, p, 20, be32(40)) }},
+		{name: "refcount table past the end", break_: func(p string) { patch(t, p, 48, be64(1<<50)) }},
+		{name: "truncated file", break_: func(p string) { os.Truncate(p, 1000) }},
+		{name: "unknown incompatible feature", break_: func(p string) { patch(t, p, 72, be64(1<<40)) }},
+		{name: "backing file is itself", break_: func(p string) {
 			run(t, "qemu-img", "rebase", "-u", "-b", p, "-F", "qcow2", p)
-		}, true},
+		}, qsdHangs: true},
 	}
 	sock := startNBD(d)
 	for i, c := range cases {
