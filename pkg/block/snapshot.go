@@ -2,6 +2,7 @@ package block
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 )
 
@@ -58,4 +59,40 @@ func (t *Txn) Append(overlay, n *Node) error {
 		return err
 	}
 	return t.ReplaceNode(n, overlay, func(c *Child) bool { return c.ParentNode() == overlay })
+}
+
+// InsertFilter opens a filter node above n from options raw (its filtered
+// child must be given as n's name) and moves n's users to it. Jobs insert
+// their filters (mirror_top, commit_top, the copy-on-read of a stream) this
+// way with implicit set: such a node is skipped by queries of a device's
+// chain, is not monitor-owned, and goes away when the job removes it.
+func (t *Txn) InsertFilter(ctx context.Context, n *Node, raw json.RawMessage, implicit bool) (*Node, error) {
+	t.Drain(n)
+	f, err := t.open(ctx, raw, "", false, nil)
+	if err != nil {
+		return nil, err
+	}
+	if !f.IsFilter() || FilteredChild(f) == nil || FilteredChild(f).Node() != n {
+		return nil, fmt.Errorf("node '%s' is not a filter of '%s': %w", f.name, n.name, ErrInternal)
+	}
+	f.implicit = implicit
+	if err := t.ReplaceNode(n, f, func(c *Child) bool { return c.ParentNode() == f }); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// RemoveFilter undoes InsertFilter: f's users go back to its child and f
+// is closed when nothing else holds it.
+func (t *Txn) RemoveFilter(f *Node) error {
+	c := FilteredChild(f)
+	if c == nil {
+		return fmt.Errorf("node '%s' is not a filter: %w", f.name, ErrInternal)
+	}
+	t.Drain(f)
+	if err := t.ReplaceNode(f, c.Node(), nil); err != nil {
+		return err
+	}
+	t.OnCommit(func() { t.g.freeIfUnused(f) })
+	return nil
 }

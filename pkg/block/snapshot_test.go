@@ -89,3 +89,45 @@ func TestReopen(t *testing.T) {
 	}
 	_ = mid
 }
+
+// TestImplicitFilter: a filter a job inserts sits between a root and its
+// node, is skipped by SkipImplicitFilters but not by SkipFilters'
+// callers' view of explicit filters, and goes away on removal.
+func TestImplicitFilter(t *testing.T) {
+	g, top, _, _, _ := buildChain(t)
+	r := blocktest.NewRoot(t, top, block.PermConsistentRead, block.PermAll)
+	tx := g.Begin()
+	f, err := tx.InsertFilter(context.Background(), top, json.RawMessage(`{"driver":"blocktest-filter","file":"top"}`), true)
+	if err != nil {
+		tx.Abort()
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	g.Lock()
+	if r.Node() != f || !f.Implicit() || !f.AutoNamed() || f.MonitorOwned() {
+		t.Errorf("after insert: root on %s, implicit %v, auto-named %v", r.Node().Name(), f.Implicit(), f.AutoNamed())
+	}
+	if block.SkipImplicitFilters(f) != top || block.SkipFilters(f) != top {
+		t.Errorf("implicit filter not skipped")
+	}
+	g.Unlock()
+	buf := make([]byte, 512)
+	if err := r.ReadAt(context.Background(), buf, 8192, 0); err != nil || buf[0] != 0xaa {
+		t.Errorf("read through the inserted filter: %v", err)
+	}
+	tx = g.Begin()
+	if err := tx.RemoveFilter(f); err != nil {
+		tx.Abort()
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	g.Lock()
+	defer g.Unlock()
+	if r.Node() != top || g.Lookup(f.Name()) != nil {
+		t.Errorf("after removal: root on %s, filter still there %v", r.Node().Name(), g.Lookup(f.Name()) != nil)
+	}
+}
