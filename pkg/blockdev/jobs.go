@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	"github.com/blockd/blockd/pkg/block"
 	"github.com/blockd/blockd/pkg/jobs"
@@ -68,8 +69,10 @@ func (s *Server) blockdevCreate(ctx context.Context, a *createArgs) (empty, erro
 
 func (s *Server) queryJobs(ctx context.Context, a *struct{}) ([]jobs.Info, error) {
 	out := []jobs.Info{}
-	for _, j := range s.Jobs.Jobs() {
-		out = append(out, j.Info())
+	// compat(qsd-7.2): newest job first.
+	js := s.Jobs.Jobs()
+	for i := len(js) - 1; i >= 0; i-- {
+		out = append(out, js[i].Info())
 	}
 	return out, nil
 }
@@ -93,7 +96,9 @@ type BlockJobInfo struct {
 
 func (s *Server) queryBlockJobs(ctx context.Context, a *struct{}) ([]BlockJobInfo, error) {
 	out := []BlockJobInfo{}
-	for _, j := range s.Jobs.Jobs() {
+	js := s.Jobs.Jobs()
+	slices.Reverse(js) // newest first, as query-jobs
+	for _, j := range js {
 		if !j.IsBlockJob() {
 			continue
 		}

@@ -11,9 +11,8 @@ type CreateBody struct {
 // Run implements Body.
 func (b *CreateBody) Run(ctx context.Context, j *Job) error {
 	j.SetProgress(0, 1)
-	if err := b.Create(ctx); err != nil {
-		return err
-	}
+	err := b.Create(ctx)
+	// compat(qsd-7.2): a create job reports 1/1 however it ended.
 	j.SetProgress(1, 1)
-	return nil
+	return err
 }

@@ -94,9 +94,18 @@ func TestBlockdevCreateFile(t *testing.T) {
 	// A run-time failure still returns {} and shows in query-jobs.
 	d.Cmd("blockdev-create", map[string]any{"job-id": "bad", "options": map[string]any{"driver": "file", "filename": "/nonexistent/dir/x.img", "size": 0}})
 	waitConcluded(t, d, "bad")
-	if j := queryJobs(d)["bad"]; j.Status != "concluded" || j.Error == "" {
+	if j := queryJobs(d)["bad"]; j.Status != "concluded" || j.Error == "" || j.CurrentProgress != 1 || j.TotalProgress != 1 {
 		t.Errorf("failed create job: %+v", j)
 	}
+	// A second job: query-jobs lists the newest first.
+	d.Cmd("blockdev-create", map[string]any{"job-id": "c2", "options": map[string]any{"driver": "file", "filename": d.Path("c2.img"), "size": 0}})
+	waitConcluded(t, d, "c2")
+	var list []jobInfo
+	d.CmdInto("query-jobs", nil, &list)
+	if len(list) != 2 || list[0].ID != "c2" || list[1].ID != "bad" {
+		t.Errorf("query-jobs order: %+v", list)
+	}
+	d.Cmd("job-dismiss", map[string]any{"id": "c2"})
 	ev = d.History()
 	got, _ = json.Marshal(statuses(ev, "bad"))
 	if string(got) != `["created","running","aborting","concluded"]` {

@@ -40,6 +40,7 @@ func TestBlockdevAddErrors(t *testing.T) {
 		{map[string]any{"driver": "null-co", "node-name": "x", "size": "big"}, "Invalid parameter type for 'size', expected: integer"},
 		{map[string]any{"driver": "null-co", "node-name": "x", "bogus": 1}, "Parameter 'bogus' is unexpected"},
 		{map[string]any{"driver": "null-co", "node-name": "x", "detect-zeroes": "maybe"}, "Parameter 'detect-zeroes' does not accept value 'maybe'"},
+		{map[string]any{"driver": "file", "node-name": "x", "filename": d.Path("a.raw"), "aio": "native"}, "aio=native was specified, but it requires cache.direct=on, which was not specified."},
 		// The inline child was opened before the parent failed: it must go too.
 		{map[string]any{"driver": "raw", "node-name": "x", "file": map[string]any{"driver": "file", "node-name": "xf", "filename": d.Path("a.raw")}, "size": 1000}, "Specified size is not multiple of 512"},
 	}

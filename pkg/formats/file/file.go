@@ -57,6 +57,11 @@ type file struct {
 
 func open(ctx context.Context, o *block.Opener, opts *Options) (block.Impl, error) {
 	common := o.Common()
+	if opts.AIO != nil && *opts.AIO == "native" && !common.Direct() {
+		// compat(qsd-7.2): Linux AIO needs O_DIRECT; blockd keeps the rule
+		// so that configurations behave the same on both daemons.
+		return nil, errors.New("aio=native was specified, but it requires cache.direct=on, which was not specified.")
+	}
 	flags := os.O_RDWR
 	if o.ReadOnly() {
 		flags = os.O_RDONLY
