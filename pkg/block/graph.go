@@ -232,8 +232,7 @@ func (t *Txn) open(ctx context.Context, raw json.RawMessage, path string, monito
 	}
 	n.impl = impl
 	n.opts = o.opts
-	g.seq++
-	n.seq = g.seq
+	g.stamp(n)
 	n.RefreshCaps()
 	if err := n.RefreshSize(ctx); err != nil {
 		return nil, err
@@ -324,6 +323,14 @@ func (g *Graph) detachLocked(c *Child) {
 	}
 }
 
+// stamp records when n counts as created (see Nodes), once.
+func (g *Graph) stamp(n *Node) {
+	if n.seq == 0 {
+		g.seq++
+		n.seq = g.seq
+	}
+}
+
 // Opener is handed to a driver's open function: it attaches children and
 // tells the driver about the node being opened.
 type Opener struct {
@@ -391,6 +398,11 @@ func inheritable(c CommonOptions) map[string]any {
 
 func (o *Opener) attach(ctx context.Context, name string, ref NodeRef, role Role, def map[string]any, adj []PermAdjust) (*Child, error) {
 	t := o.tx
+	if role&RoleCOW != 0 {
+		// QEMU enters a node in its list when the driver has opened it,
+		// before it opens the backing chain: keep that order for queries.
+		t.g.stamp(o.node)
+	}
 	var cn *Node
 	switch {
 	case ref.Name != "":

@@ -3,10 +3,10 @@ package blockdev
 import (
 	"context"
 	"encoding/json"
-	"sort"
 	"strings"
 
 	"github.com/blockd/blockd/pkg/block"
+	"github.com/blockd/blockd/pkg/qmp"
 )
 
 // ImageInfo is QMP's ImageInfo.
@@ -111,6 +111,9 @@ func imageInfo(ctx context.Context, n *block.Node, nested bool) *ImageInfo {
 		if x.ActualSize != nil {
 			i.ActualSize = x.ActualSize
 		}
+	} else if c := block.FilteredChild(n); c != nil {
+		// A filter's cluster size is its child's (QEMU's bdrv_get_info).
+		i.ClusterSize = imageInfo(ctx, c.Node(), false).ClusterSize
 	}
 	if bf, ok := n.Impl().(block.BackingFiler); ok {
 		name, format := bf.BackingFile()
@@ -189,7 +192,9 @@ func dirtyFlag(ctx context.Context, n *block.Node) *bool {
 	if n.Driver().Kind == block.KindProtocol {
 		return nil
 	}
-	if c := block.PrimaryChild(n); c != nil && c.Role()&(block.RoleFiltered) != 0 {
+	// A format without a header of its own (raw) and a filter say what
+	// the node below says, as QEMU's bdrv_get_info passes through them.
+	if c := block.PrimaryChild(n); c != nil {
 		return dirtyFlag(ctx, c.Node())
 	}
 	return nil
@@ -206,11 +211,15 @@ var plainKeys = map[string]bool{
 // format's or filter's file name when its options add nothing to it, and
 // otherwise a json: pseudo-filename of its options, as QEMU builds it.
 func Filename(n *block.Node) string {
-	if _, ok := n.Impl().(block.Filenamer); ok {
-		return n.Filename()
+	if f, ok := n.Impl().(block.Filenamer); ok && f.Filename() != "" {
+		return f.Filename()
 	}
 	if n.IsFilter() || !isPlain(n) {
-		return "json:" + string(mustJSON(fullOptions(n)))
+		s, err := qmp.FormatJSON(fullOptions(n))
+		if err != nil {
+			return "json:{}"
+		}
+		return "json:" + s
 	}
 	if c := block.PrimaryChild(n); c != nil {
 		return Filename(c.Node())
@@ -293,28 +302,42 @@ type blockGraph struct {
 func (s *Server) queryBlockGraph(ctx context.Context, a *struct{}) (blockGraph, error) {
 	s.G.Lock()
 	defer s.G.Unlock()
-	ids := map[any]int{}
-	g := blockGraph{Nodes: []graphNode{}, Edges: []graphEdge{}}
-	id := func(p block.Parent) int {
-		if v, ok := ids[p]; ok {
-			return v
-		}
-		v := len(ids) + 1
-		ids[p] = v
-		kind, name := p.ParentInfo()
-		g.Nodes = append(g.Nodes, graphNode{ID: v, Type: kind, Name: name})
-		return v
-	}
+	// qsd numbers nodes oldest first, lists them newest first, and lists
+	// each node's edges to its children in their order, newest parent
+	// first; users outside the graph (exports) come after.
 	nodes := s.G.Nodes()
+	ids := map[block.Parent]int{}
+	for i := len(nodes) - 1; i >= 0; i-- {
+		ids[nodes[i]] = len(ids) + 1
+	}
+	g := blockGraph{Nodes: []graphNode{}, Edges: []graphEdge{}}
 	for _, n := range nodes {
-		id(n)
+		g.Nodes = append(g.Nodes, graphNode{ID: ids[n], Type: "block-driver", Name: n.Name()})
+	}
+	edge := func(c *block.Child, parent int) {
+		perm, shared := c.Perm()
+		g.Edges = append(g.Edges, graphEdge{Parent: parent, Child: ids[c.Node()], Name: c.Name(), Perm: perm.Names(), SharedPerm: shared.Names()})
 	}
 	for _, n := range nodes {
-		for _, c := range n.Parents() {
-			perm, shared := c.Perm()
-			g.Edges = append(g.Edges, graphEdge{Parent: id(c.Parent()), Child: id(n), Name: c.Name(), Perm: perm.Names(), SharedPerm: shared.Names()})
+		for _, c := range n.Children() {
+			edge(c, ids[n])
 		}
 	}
-	sort.SliceStable(g.Edges, func(i, j int) bool { return g.Edges[i].Parent > g.Edges[j].Parent })
+	for i := len(nodes) - 1; i >= 0; i-- {
+		for _, c := range nodes[i].Parents() {
+			p := c.Parent()
+			if _, isNode := p.(*block.Node); isNode {
+				continue
+			}
+			id, ok := ids[p]
+			if !ok {
+				id = len(ids) + 1
+				ids[p] = id
+				kind, name := p.ParentInfo()
+				g.Nodes = append(g.Nodes, graphNode{ID: id, Type: kind, Name: name})
+			}
+			edge(c, id)
+		}
+	}
 	return g, nil
 }

@@ -57,8 +57,10 @@ func (s *Server) queryBlockstats(ctx context.Context, a *blockstatsArgs) ([]Bloc
 	}
 	s.G.Lock()
 	defer s.G.Unlock()
-	for _, n := range s.G.Nodes() {
-		out = append(out, *nodeStats(n))
+	// compat(qsd-7.2): oldest node first here (unlike query-named-block-nodes).
+	nodes := s.G.Nodes()
+	for i := len(nodes) - 1; i >= 0; i-- {
+		out = append(out, *nodeStats(nodes[i]))
 	}
 	return out, nil
 }

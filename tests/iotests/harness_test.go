@@ -122,6 +122,16 @@ type Event struct {
 // more command-line options.
 func start(t *testing.T, extra ...string) *Daemon {
 	t.Helper()
+	bin := blockdBin
+	if isQSD() {
+		bin = "qemu-storage-daemon"
+	}
+	return startBinary(t, bin, extra...)
+}
+
+// startBinary is start with the daemon binary given.
+func startBinary(t *testing.T, bin string, extra ...string) *Daemon {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "iot")
 	if err != nil {
 		t.Fatal(err)
@@ -135,10 +145,6 @@ func start(t *testing.T, extra ...string) *Daemon {
 		"--monitor", "chardev=m1",
 	}
 	args = append(args, extra...)
-	bin := blockdBin
-	if isQSD() {
-		bin = "qemu-storage-daemon"
-	}
 	d.cmd = exec.Command(bin, args...)
 	if d.log, err = os.Create(d.Path("daemon.log")); err != nil {
 		t.Fatal(err)

@@ -321,3 +321,8 @@ func splitAligned(lo, hi, limit, a int64, fn func(o, k int64) error) error {
 	}
 	return nil
 }
+
+// AllocatedSize implements block.AllocatedSizer: qsd's blkdebug is opened
+// like a protocol and reports no allocated size (no actual-size in
+// query-named-block-nodes).
+func (f *Filter) AllocatedSize() (int64, error) { return 0, block.ErrNotSupported }

@@ -5,7 +5,6 @@ package nullco
 
 import (
 	"context"
-	"encoding/json"
 	"time"
 
 	"github.com/blockd/blockd/pkg/block"
@@ -43,25 +42,10 @@ func open(ctx context.Context, o *block.Opener, opts *Options) (block.Impl, erro
 	}
 	d.readZeroes = opts.ReadZeroes != nil && *opts.ReadZeroes
 	if d.size != defaultSize || d.readZeroes || d.latency != 0 {
-		d.name = jsonName(o.Common().Driver, opts)
+		// Described by its options: the query layer prints a json: name.
+		d.name = ""
 	}
 	return d, nil
-}
-
-// jsonName is the pseudo-filename qsd reports for a null node with options.
-func jsonName(driver string, opts *Options) string {
-	m := map[string]any{"driver": driver}
-	if opts.Size != nil {
-		m["size"] = *opts.Size
-	}
-	if opts.ReadZeroes != nil {
-		m["read-zeroes"] = *opts.ReadZeroes
-	}
-	if opts.LatencyNs != nil {
-		m["latency-ns"] = *opts.LatencyNs
-	}
-	b, _ := json.Marshal(m)
-	return "json:" + string(b)
 }
 
 func (d *null) Caps() block.Caps {
@@ -117,7 +101,8 @@ func (d *null) Truncate(ctx context.Context, size int64, exact bool) error {
 
 func (d *null) Close() error { return nil }
 
-// Filename implements block.Filenamer.
+// Filename implements block.Filenamer: "null-co://", or "" when options
+// make it a json: name.
 func (d *null) Filename() string { return d.name }
 
 // AllocatedSize implements block.AllocatedSizer.

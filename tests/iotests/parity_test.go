@@ -1,0 +1,76 @@
+package iotests
+
+import (
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// TestQueriesMatchQSD builds the same graphs in blockd and in
+// qemu-storage-daemon and compares what query-named-block-nodes returns,
+// byte for byte once paths and generated node names are masked: the
+// reply a client parses must not tell the daemons apart.
+func TestQueriesMatchQSD(t *testing.T) {
+	skipOnQSD(t, "it compares blockd with qsd, so it runs in blockd mode")
+	if _, err := exec.LookPath("qemu-storage-daemon"); err != nil {
+		t.Skip("qemu-storage-daemon is not installed")
+	}
+	scenarios := []struct {
+		name  string
+		build func(d *Daemon)
+	}{
+		{"chain from headers", func(d *Daemon) {
+			d.Cmd("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "top", "file": map[string]any{"driver": "file", "filename": d.Path("top.qcow2"), "node-name": "top-file"}})
+		}},
+		{"explicit chain with filters", func(d *Daemon) {
+			d.Cmd("object-add", map[string]any{"qom-type": "throttle-group", "id": "tg", "limits": map[string]any{"iops-total": 1000}})
+			d.Cmd("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "base", "file": map[string]any{"driver": "file", "node-name": "base-file", "filename": d.Path("base.qcow2")}})
+			d.Cmd("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "mid", "file": map[string]any{"driver": "file", "node-name": "mid-file", "filename": d.Path("mid.qcow2")}, "backing": "base"})
+			d.Cmd("blockdev-add", map[string]any{"driver": "throttle", "node-name": "flt", "throttle-group": "tg", "file": "mid"})
+			d.Cmd("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "top", "file": map[string]any{"driver": "file", "node-name": "top-file", "filename": d.Path("top.qcow2")}, "backing": "flt"})
+			d.Cmd("blockdev-add", map[string]any{"driver": "copy-on-read", "node-name": "cor", "file": "top"})
+		}},
+		{"protocols and windows", func(d *Daemon) {
+			mkRaw(t, d.Path("r.raw"), "1M")
+			d.Cmd("blockdev-add", map[string]any{"driver": "null-co", "node-name": "n0"})
+			d.Cmd("blockdev-add", map[string]any{"driver": "null-co", "node-name": "n2", "size": 4096, "read-zeroes": true})
+			d.Cmd("blockdev-add", map[string]any{"driver": "blkdebug", "node-name": "dbg", "image": "n2"})
+			d.Cmd("blockdev-add", map[string]any{"driver": "raw", "node-name": "win", "file": map[string]any{"driver": "file", "filename": d.Path("r.raw")}, "offset": 4096, "size": 8192})
+			d.Cmd("blockdev-add", map[string]any{"driver": "raw", "node-name": "plain", "read-only": true, "file": map[string]any{"driver": "file", "filename": d.Path("r.raw")}})
+		}},
+	}
+	gen := regexp.MustCompile(`#block\d+`)
+	for _, sc := range scenarios {
+		t.Run(sc.name, func(t *testing.T) {
+			var got [2]string
+			for i, bin := range []string{blockdBin, "qemu-storage-daemon"} {
+				d := startBinary(t, bin)
+				mkChain(t, d.Dir)
+				sc.build(d)
+				var out []string
+				for _, flat := range []bool{true, false} {
+					r, err := d.Try("query-named-block-nodes", map[string]any{"flat": flat})
+					if err != nil {
+						t.Fatal(err)
+					}
+					out = append(out, strings.ReplaceAll(gen.ReplaceAllString(string(r), "#blockN"), d.Dir, "$DIR"))
+				}
+				got[i] = strings.Join(out, "\n")
+				d.Quit()
+			}
+			if got[0] != got[1] {
+				t.Errorf("query-named-block-nodes differs:\nblockd: %s\nqsd:    %s\nfirst difference at byte %d", got[0], got[1], firstDiff(got[0], got[1]))
+			}
+		})
+	}
+}
+
+func firstDiff(a, b string) int {
+	for i := 0; i < len(a) && i < len(b); i++ {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}
