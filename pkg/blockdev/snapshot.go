@@ -151,6 +151,9 @@ func (x *snapshotSyncAction) prepare(ctx context.Context, s *Server, tx *block.T
 // of its own, so that it can run while the daemon's graph is locked by
 // the change it is part of.
 func (s *Server) createImage(ctx context.Context, filename, format string, size int64, backing, backingFormat string) error {
+	if d := block.LookupDriver(format); d != nil && backing != "" && !d.SupportsBacking {
+		return fmt.Errorf("Backing file not supported for file format '%s'", format)
+	}
 	run, err := block.LookupCreator("file").Decode(mustJSON(map[string]any{"driver": "file", "filename": filename, "size": 0}), qmp.Decode)
 	if err != nil {
 		return err
