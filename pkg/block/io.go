@@ -52,9 +52,7 @@ func (c *Child) ReadAt(ctx context.Context, p []byte, off int64, f Flags) error 
 		n.Stats.InvalidRd.Add(1)
 		return err
 	}
-	n.inflight.Add(1)
 	err := n.readAt(ctx, p, off, f)
-	n.inflight.Add(-1)
 	if err != nil {
 		n.Stats.FailedRd.Add(1)
 		return err
@@ -81,6 +79,9 @@ func (n *Node) readAt(ctx context.Context, p []byte, off int64, f Flags) error {
 	align := caps.Limits.RequestAlign
 	if align > 1 && (off%align != 0 || int64(len(p))%align != 0) {
 		return n.readUnaligned(ctx, p, off, f, align)
+	}
+	if caps.Limits.MaxTransfer <= 0 || int64(len(p)) <= caps.Limits.MaxTransfer {
+		return n.impl.ReadAt(ctx, p, off, f)
 	}
 	return n.split(int64(len(p)), caps.Limits, func(o, l int64) error {
 		return n.impl.ReadAt(ctx, p[o:o+l], off+o, f)
@@ -140,9 +141,7 @@ func (c *Child) WriteAt(ctx context.Context, p []byte, off int64, f Flags) error
 		n.Stats.InvalidWr.Add(1)
 		return err
 	}
-	n.inflight.Add(1)
 	err := n.writeAt(ctx, p, off, f)
-	n.inflight.Add(-1)
 	if err != nil {
 		n.Stats.FailedWr.Add(1)
 		return err
@@ -214,9 +213,13 @@ func (n *Node) writeRaw(ctx context.Context, p []byte, off int64, f Flags) error
 		if align > 1 {
 			n.rmw.RLock()
 		}
-		err = n.split(int64(len(p)), caps.Limits, func(o, l int64) error {
-			return n.impl.WriteAt(ctx, p[o:o+l], off+o, f)
-		})
+		if caps.Limits.MaxTransfer <= 0 || int64(len(p)) <= caps.Limits.MaxTransfer {
+			err = n.impl.WriteAt(ctx, p, off, f)
+		} else {
+			err = n.split(int64(len(p)), caps.Limits, func(o, l int64) error {
+				return n.impl.WriteAt(ctx, p[o:o+l], off+o, f)
+			})
+		}
 		if align > 1 {
 			n.rmw.RUnlock()
 		}
@@ -279,9 +282,7 @@ func (c *Child) Zero(ctx context.Context, off, length int64, f Flags) error {
 		n.Stats.InvalidWr.Add(1)
 		return err
 	}
-	n.inflight.Add(1)
 	err := n.zero(ctx, off, length, f)
-	n.inflight.Add(-1)
 	if err != nil {
 		if !errors.Is(err, ErrNotSupported) {
 			n.Stats.FailedWr.Add(1)
@@ -350,9 +351,7 @@ func (c *Child) Discard(ctx context.Context, off, length int64) error {
 	if length == 0 || n.common.Discard != DiscardUnmap || !n.Caps().Discard {
 		return nil
 	}
-	n.inflight.Add(1)
 	err := n.impl.Discard(ctx, off, length)
-	n.inflight.Add(-1)
 	if err != nil && !errors.Is(err, ErrNotSupported) {
 		n.Stats.FailedUnmap.Add(1)
 		n.Stats.DiscardNbFailed.Add(1)
@@ -368,9 +367,7 @@ func (c *Child) Discard(ctx context.Context, off, length int64) error {
 // Flush makes every write that completed before the call durable.
 func (c *Child) Flush(ctx context.Context) error {
 	n := c.Node()
-	n.inflight.Add(1)
 	err := n.impl.Flush(ctx)
-	n.inflight.Add(-1)
 	if err != nil {
 		n.Stats.FailedFlush.Add(1)
 		return err
@@ -391,8 +388,6 @@ func (c *Child) Truncate(ctx context.Context, size int64, exact bool) error {
 	if size < 0 {
 		return Errorf(ErrInvalid, "Image size cannot be negative")
 	}
-	n.inflight.Add(1)
-	defer n.inflight.Add(-1)
 	if err := n.impl.Truncate(ctx, size, exact); err != nil {
 		return err
 	}
@@ -418,9 +413,7 @@ func (n *Node) blockStatus(ctx context.Context, off, length int64) (Extent, erro
 	if !n.Caps().BlockStatus {
 		return Extent{Len: length, Status: StatusData | StatusAllocated}, nil
 	}
-	n.inflight.Add(1)
 	e, err := n.impl.BlockStatus(ctx, off, length)
-	n.inflight.Add(-1)
 	if err != nil {
 		return Extent{}, err
 	}

@@ -42,9 +42,8 @@ type Node struct {
 	// nodes whose RequestAlign > 1.
 	rmw sync.RWMutex
 
-	inflight atomic.Int64
-	Stats    Stats
-	closed   bool // guarded by g.mu
+	Stats  Stats
+	closed bool // guarded by g.mu
 }
 
 // Name is the node-name.

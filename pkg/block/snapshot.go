@@ -9,8 +9,6 @@ import (
 // Flush writes a node's cached data to stable storage; for management
 // steps (snapshot, reopen) that need a node clean before it changes.
 func (n *Node) Flush(ctx context.Context) error {
-	n.inflight.Add(1)
-	defer n.inflight.Add(-1)
 	return n.impl.Flush(ctx)
 }
 
