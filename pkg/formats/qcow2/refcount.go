@@ -353,14 +353,8 @@ func (q *image) growRefTableLocked(ctx context.Context, rt int64) error {
 	if err := q.file.Flush(ctx); err != nil {
 		return q.ioError("flush", err)
 	}
-	var hb [12]byte
-	binary.BigEndian.PutUint64(hb[0:], uint64(start<<q.clusterBits))
-	binary.BigEndian.PutUint32(hb[8:], uint32(tc))
-	if err := q.file.WriteAt(ctx, hb[:], offRefTable, 0); err != nil {
-		return q.ioError("write", err)
-	}
-	if err := q.file.Flush(ctx); err != nil {
-		return q.ioError("flush", err)
+	if err := q.switchRefTableLocked(ctx, start, tc); err != nil {
+		return err
 	}
 	oldOff, oldClusters := int64(q.hdr.rtOffset), int64(q.hdr.rtClusters)
 	q.hdr.rtOffset, q.hdr.rtClusters = uint64(start<<q.clusterBits), uint32(tc)
@@ -430,6 +424,22 @@ func (q *image) freeRangeLocked(ctx context.Context, off, n int64, kind freeKind
 		if err := q.decrefLocked(ctx, c, kind); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// switchRefTableLocked points the header at a refcount table of tc
+// clusters that starts at cluster start, already written and flushed, and
+// flushes that: from now on the image uses the new table.
+func (q *image) switchRefTableLocked(ctx context.Context, start, tc int64) error {
+	var hb [12]byte
+	binary.BigEndian.PutUint64(hb[0:], uint64(start<<q.clusterBits))
+	binary.BigEndian.PutUint32(hb[8:], uint32(tc))
+	if err := q.file.WriteAt(ctx, hb[:], offRefTable, 0); err != nil {
+		return q.ioError("write", err)
+	}
+	if err := q.file.Flush(ctx); err != nil {
+		return q.ioError("flush", err)
 	}
 	return nil
 }

@@ -267,14 +267,8 @@ func (q *image) rebuildRefcountsLocked(ctx context.Context) error {
 	if err := q.file.Flush(ctx); err != nil {
 		return q.ioError("flush", err)
 	}
-	var hb [12]byte
-	binary.BigEndian.PutUint64(hb[0:], uint64(start<<q.clusterBits))
-	binary.BigEndian.PutUint32(hb[8:], uint32(tc))
-	if err := q.file.WriteAt(ctx, hb[:], offRefTable, 0); err != nil {
-		return q.ioError("write", err)
-	}
-	if err := q.file.Flush(ctx); err != nil {
-		return q.ioError("flush", err)
+	if err := q.switchRefTableLocked(ctx, start, tc); err != nil {
+		return err
 	}
 	q.hdr.rtOffset, q.hdr.rtClusters = uint64(start<<q.clusterBits), uint32(tc)
 	q.reftable = table
