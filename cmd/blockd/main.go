@@ -155,6 +155,10 @@ func run(argv []string, stdout, stderr io.Writer) int {
 	if daemonize && os.Getenv(daemonEnv) == "" {
 		return parentOfDaemon(argv, stderr)
 	}
+	// Catch signals before any socket exists: a client may signal as soon
+	// as it can connect, and a signal during set-up is served after it.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	d := newDaemon(log)
 	if err := d.setup(opts); err != nil {
 		d.shutdown()
@@ -177,8 +181,6 @@ func run(argv []string, stdout, stderr io.Writer) int {
 	}
 	reportReady(nil)
 	log.WithField("version", Version).Info("blockd ready")
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	select {
 	case sig := <-sigs:
 		log.WithField("signal", sig.String()).Info("shutting down")
