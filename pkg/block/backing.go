@@ -78,7 +78,7 @@ func (o *Opener) AttachBacking(ctx context.Context, backing, format string) (*Ch
 func probe(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return "", fmt.Errorf("%s", strerrorOf(err))
+		return "", fmt.Errorf("%s", Strerror(err))
 	}
 	defer f.Close()
 	head := make([]byte, 2048)
@@ -93,15 +93,4 @@ func probe(path string) (string, error) {
 		}
 	}
 	return best, nil
-}
-
-func strerrorOf(err error) string {
-	if pe, ok := err.(*os.PathError); ok {
-		err = pe.Err
-	}
-	s := err.Error()
-	if s == "" {
-		return s
-	}
-	return strings.ToUpper(s[:1]) + s[1:]
 }

@@ -3,6 +3,7 @@ package block
 import (
 	"errors"
 	"fmt"
+	"syscall"
 )
 
 // Sentinels classify errors. Drivers wrap them with %w and add the facts
@@ -43,4 +44,19 @@ func (e *userError) Unwrap() []error {
 func Errorf(class error, format string, a ...any) error {
 	err := fmt.Errorf(format, a...)
 	return &userError{msg: err.Error(), class: class, cause: errors.Unwrap(err)}
+}
+
+// Strerror is the C library's sentence for the OS error in err ("No such
+// file or directory"), which is how QEMU words its messages; an error
+// without an errno gives its own text.
+func Strerror(err error) string {
+	var errno syscall.Errno
+	if !errors.As(err, &errno) {
+		return err.Error()
+	}
+	s := errno.Error()
+	if s != "" && s[0] >= 'a' && s[0] <= 'z' {
+		s = string(s[0]-'a'+'A') + s[1:]
+	}
+	return s
 }

@@ -27,7 +27,7 @@ type Server struct {
 	mu      sync.Mutex
 }
 
-// emitterFunc lets the server hand events to a QMP server set later.
+// lateEmitter hands events to the QMP server once it is set.
 type lateEmitter struct {
 	mu sync.RWMutex
 	e  block.Emitter

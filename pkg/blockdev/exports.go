@@ -8,8 +8,6 @@ import (
 	"net"
 	"os"
 	"slices"
-	"strings"
-	"sync"
 
 	"github.com/blockd/blockd/pkg/block"
 	"github.com/blockd/blockd/pkg/nbd"
@@ -19,7 +17,6 @@ import (
 // exportState is the NBD server and the exports; guarded by Server.mu.
 type exportState struct {
 	srv       *nbd.Server
-	listener  net.Listener
 	unixPath  string
 	serveDone chan struct{}
 	exports   []*export // in creation order
@@ -83,7 +80,7 @@ func listen(typ AddrType, data json.RawMessage, path string) (net.Listener, stri
 		_ = os.Remove(u.Path)
 		l, err := net.Listen("unix", u.Path)
 		if err != nil {
-			return nil, "", fmt.Errorf("Failed to bind socket to %s: %s", u.Path, strerror(err))
+			return nil, "", fmt.Errorf("Failed to bind socket to %s: %s", u.Path, block.Strerror(err))
 		}
 		return l, u.Path, nil
 	case "inet":
@@ -99,24 +96,11 @@ func listen(typ AddrType, data json.RawMessage, path string) (net.Listener, stri
 		}
 		l, err := net.Listen(network, net.JoinHostPort(a.Host, a.Port))
 		if err != nil {
-			return nil, "", fmt.Errorf("Failed to bind socket: %s", strerror(err))
+			return nil, "", fmt.Errorf("Failed to bind socket: %s", block.Strerror(err))
 		}
 		return l, "", nil
 	}
 	return nil, "", fmt.Errorf("Socket address type '%s' is not supported by blockd's NBD server", typ)
-}
-
-// strerror is the C library's wording of an OS error, as QEMU prints it.
-func strerror(err error) string {
-	var se *os.SyscallError
-	if errors.As(err, &se) {
-		err = se.Err
-	}
-	s := err.Error()
-	if s == "" {
-		return s
-	}
-	return strings.ToUpper(s[:1]) + s[1:]
 }
 
 func (s *Server) nbdServerStart(ctx context.Context, a *nbdServerStartArgs) (empty, error) {
@@ -148,7 +132,7 @@ func (s *Server) startNBDLocked(l net.Listener, path string, maxConn *uint32) er
 			s.log.WithError(err).Warn("nbd: serve")
 		}
 	}()
-	s.exports = exportState{srv: srv, listener: l, unixPath: path, serveDone: done}
+	s.exports = exportState{srv: srv, unixPath: path, serveDone: done}
 	return nil
 }
 
@@ -374,7 +358,6 @@ func (s *Server) queryBlockExports(ctx context.Context, a *struct{}) ([]exportIn
 type nodeBackend struct {
 	root         *block.Root
 	writethrough bool
-	mu           sync.Mutex
 }
 
 func (b *nodeBackend) Size() int64 { return b.root.Size() }

@@ -112,9 +112,8 @@ func appendOverlay(ctx context.Context, tx *block.Txn, old, ov *block.Node) erro
 }
 
 type snapshotSyncAction struct {
-	a       snapshotSyncArgs
-	old     *block.Node
-	created bool
+	a   snapshotSyncArgs
+	old *block.Node
 }
 
 func (x *snapshotSyncAction) prepare(ctx context.Context, s *Server, tx *block.Txn) error {
@@ -194,7 +193,7 @@ func (s *Server) createImage(ctx context.Context, filename, format string, size 
 func (x *snapshotSyncAction) apply(ctx context.Context, s *Server, tx *block.Txn) error {
 	a := &x.a
 	if _, err := os.Stat(a.SnapshotFile); err != nil {
-		return fmt.Errorf("Could not open '%s': %s", a.SnapshotFile, strerror(err))
+		return fmt.Errorf("Could not open '%s': %s", a.SnapshotFile, block.Strerror(err))
 	}
 	format := "qcow2"
 	if a.Format != nil {

@@ -34,7 +34,7 @@ func create(ctx context.Context, g *block.Graph, opts *CreateOptions) error {
 	}
 	f, err := os.OpenFile(opts.Filename, os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o644)
 	if err != nil {
-		return fmt.Errorf("Could not create '%s': %s", opts.Filename, strerror(err))
+		return fmt.Errorf("Could not create '%s': %s", opts.Filename, block.Strerror(err))
 	}
 	defer f.Close()
 	fd := int(f.Fd())
@@ -42,10 +42,10 @@ func create(ctx context.Context, g *block.Graph, opts *CreateOptions) error {
 		return err
 	}
 	if err := applyLocks(fd, block.PermWrite|block.PermResize, block.PermConsistentRead|block.PermWriteUnchanged); err != nil {
-		return fmt.Errorf("Could not lock '%s': %s", opts.Filename, strerror(err))
+		return fmt.Errorf("Could not lock '%s': %s", opts.Filename, block.Strerror(err))
 	}
 	if err := unix.Ftruncate(fd, 0); err != nil {
-		return fmt.Errorf("Could not resize file: %s", strerror(err))
+		return fmt.Errorf("Could not resize file: %s", block.Strerror(err))
 	}
 	size := int64(opts.Size)
 	switch opts.Preallocation {
@@ -59,7 +59,7 @@ func create(ctx context.Context, g *block.Graph, opts *CreateOptions) error {
 		return fmt.Errorf("Unsupported preallocation mode '%s'", opts.Preallocation)
 	}
 	if err != nil {
-		return fmt.Errorf("Could not preallocate data for the new file: %s", strerror(err))
+		return fmt.Errorf("Could not preallocate data for the new file: %s", block.Strerror(err))
 	}
 	return f.Sync()
 }

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"sync"
 	"syscall"
 
@@ -78,16 +77,16 @@ func open(ctx context.Context, o *block.Opener, opts *Options) (block.Impl, erro
 		}
 	}
 	if err != nil {
-		return nil, block.Errorf(errClass(err), "Could not open '%s': %s", opts.Filename, strerror(err))
+		return nil, block.Errorf(errClass(err), "Could not open '%s': %s", opts.Filename, block.Strerror(err))
 	}
 	st, err := f.Stat()
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("Could not stat '%s': %s", opts.Filename, strerror(err))
+		return nil, fmt.Errorf("Could not stat '%s': %s", opts.Filename, block.Strerror(err))
 	}
 	if st.IsDir() {
 		f.Close()
-		return nil, block.Errorf(block.ErrInvalid, "Could not open '%s': %s", opts.Filename, strerror(syscall.EISDIR))
+		return nil, block.Errorf(block.ErrInvalid, "Could not open '%s': %s", opts.Filename, block.Strerror(syscall.EISDIR))
 	}
 	d := &file{
 		name:     opts.Filename,
@@ -134,17 +133,6 @@ func errClass(err error) error {
 		return block.ErrReadOnly
 	}
 	return block.ErrInvalid
-}
-
-// strerror is the C library's text for err ("No such file or directory"),
-// which is what QEMU puts in its messages.
-func strerror(err error) string {
-	var errno syscall.Errno
-	if errors.As(err, &errno) {
-		s := errno.Error()
-		return strings.ToUpper(s[:1]) + s[1:]
-	}
-	return err.Error()
 }
 
 func (d *file) Caps() block.Caps {

@@ -21,23 +21,21 @@ func (d *file) ChangeReadOnly(ctx context.Context, ro bool) (undo func(), err er
 	}
 	f, err := os.OpenFile(d.name, flags, 0)
 	if err != nil {
-		return nil, block.Errorf(errClass(err), "Could not reopen file: %s", strerror(err))
+		return nil, block.Errorf(errClass(err), "Could not reopen file: %s", block.Strerror(err))
 	}
-	old, oldFD := d.f, d.fd
+	old := d.f
 	d.mu.Lock()
 	if d.locking {
 		if err := applyLocks(int(f.Fd()), d.perm, d.shared); err != nil {
 			d.mu.Unlock()
 			f.Close()
-			return nil, block.Errorf(block.ErrPermission, "Could not reopen file: %s", strerror(err))
+			return nil, block.Errorf(block.ErrPermission, "Could not reopen file: %s", block.Strerror(err))
 		}
 	}
 	d.f, d.fd, d.writable = f, int(f.Fd()), true
 	d.mu.Unlock()
 	old.Close()
-	return func() {
-		// The new descriptor stays; a read-write descriptor serves a
-		// read-only node as well.
-		_ = oldFD
-	}, nil
+	// Undo keeps the new descriptor: a read-write descriptor serves a
+	// read-only node as well.
+	return func() {}, nil
 }

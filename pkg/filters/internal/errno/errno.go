@@ -25,13 +25,7 @@ func (e *Error) Unwrap() error { return e.Errno }
 
 // Strerror is the glibc text of e: Go's text with a capital first letter
 // ("input/output error" -> "Input/output error").
-func Strerror(e syscall.Errno) string {
-	s := e.Error()
-	if s != "" && s[0] >= 'a' && s[0] <= 'z' {
-		s = string(s[0]-'a'+'A') + s[1:]
-	}
-	return s
-}
+func Strerror(e syscall.Errno) string { return block.Strerror(e) }
 
 // Of classifies err as an errno, as the NBD server does: a syscall.Errno
 // in the chain wins; then the block sentinels; everything else is EIO.
