@@ -145,7 +145,7 @@ func TestCopyOnReadChain(t *testing.T) {
 			sock := startNBD(d)
 			d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "cor"})
 			checkChainData(t, nbdURI(sock, "cor"))
-			d.Cmd("block-export-del", map[string]any{"id": "e0"})
+			d.DelExport("e0")
 			d.WaitEvent("BLOCK_EXPORT_DELETED", 10*time.Second)
 			d.Cmd("blockdev-del", map[string]any{"node-name": "cor"})
 			d.Cmd("blockdev-del", map[string]any{"node-name": "top"})

@@ -487,3 +487,27 @@ func runErr(name string, args ...string) (string, error) {
 func nbdURI(sock, name string) string {
 	return "nbd+unix:///" + name + "?socket=" + sock
 }
+
+// DelExport deletes export id in the default (safe) mode. A client that
+// has just exited may still count as connected for a moment (qsd and
+// blockd both notice the disconnect asynchronously and refuse with
+// "still in use"), so the deletion is retried until that passes.
+func (d *Daemon) DelExport(id string) {
+	d.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := d.Try("block-export-del", map[string]any{"id": id})
+		if err == nil {
+			return
+		}
+		if !strings.Contains(err.Desc, "still in use") || time.Now().After(deadline) {
+			d.t.Fatalf("block-export-del %s: %v", id, err)
+		}
+		// Polling: the daemon sends no event when a client goes.
+		select {
+		case <-time.After(20 * time.Millisecond):
+		case err := <-d.done:
+			d.t.Fatalf("daemon exited: %v", err)
+		}
+	}
+}

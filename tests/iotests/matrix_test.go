@@ -52,7 +52,7 @@ func TestQcow2InteropMatrix(t *testing.T) {
 			}
 			run(t, "qemu-io", append(append([]string{"-f", "raw"}, args...), uri)...)
 			run(t, "qemu-io", append(append([]string{"-f", "raw"}, args...), raw)...)
-			d.Cmd("block-export-del", map[string]any{"id": node})
+			d.DelExport(node)
 			d.WaitEvent("BLOCK_EXPORT_DELETED", 10*time.Second)
 			d.Cmd("blockdev-del", map[string]any{"node-name": node})
 			out := run(t, "qemu-img", "check", img)

@@ -181,7 +181,7 @@ func TestNBDDataPath(t *testing.T) {
 	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x99 3M 2M", src)
 	run(t, "nbdcopy", src, uri)
 	run(t, "qemu-img", "compare", "-U", "-f", "raw", "-F", "raw", src, uri)
-	d.Cmd("block-export-del", map[string]any{"id": "e0"})
+	d.DelExport("e0")
 	d.WaitEvent("BLOCK_EXPORT_DELETED", 10*time.Second)
 	d.Cmd("blockdev-del", map[string]any{"node-name": "disk"})
 	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", src, img)

@@ -200,7 +200,7 @@ func TestBlockGraphPermissions(t *testing.T) {
 	// the image lock, and blockdev-del refuses both nodes.
 	d.MustFail("blockdev-del", map[string]any{"node-name": "r"}, "GenericError", "Node r is in use")
 	d.MustFail("blockdev-del", map[string]any{"node-name": "rf"}, "GenericError", "Node rf is not owned by the monitor")
-	d.Cmd("block-export-del", map[string]any{"id": "e0"})
+	d.DelExport("e0")
 	d.WaitEvent("BLOCK_EXPORT_DELETED", 10e9)
 	d.Cmd("blockdev-del", map[string]any{"node-name": "r"})
 	if n := namedNodes(d, true); len(n) != 0 {
@@ -224,7 +224,7 @@ func TestImageLocking(t *testing.T) {
 	if err == nil || !strings.Contains(out, `Failed to get "resize" lock`) {
 		t.Errorf("qemu-img resized an exported image: %v\n%s", err, out)
 	}
-	d.Cmd("block-export-del", map[string]any{"id": "e0"})
+	d.DelExport("e0")
 	d.WaitEvent("BLOCK_EXPORT_DELETED", 10e9)
 	run(t, "qemu-img", "resize", "-f", "raw", d.Path("a.raw"), "2M")
 }

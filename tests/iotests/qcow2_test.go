@@ -152,7 +152,7 @@ func TestQcow2WriteThroughExport(t *testing.T) {
 	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x44 4M 4M", "-c", "write -P 0x55 10000 5000", "-c", "write -z 12M 1M", "-c", "write -P 0x66 60M 1M", ref)
 	// discard on a node with discard=ignore leaves the data.
 	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", uri, ref)
-	d.Cmd("block-export-del", map[string]any{"id": "e0"})
+	d.DelExport("e0")
 	d.WaitEvent("BLOCK_EXPORT_DELETED", 10*time.Second)
 	d.Cmd("blockdev-del", map[string]any{"node-name": "top"})
 	run(t, "qemu-img", "check", d.Path("top.qcow2"))
@@ -231,7 +231,7 @@ func TestQcow2CreateAndSnapshot(t *testing.T) {
 		t.Errorf("snapshot of an unused node: overlay kept %v, lone ro %v", ok, n["lone"].RO)
 	}
 
-	d.Cmd("block-export-del", map[string]any{"id": "exp0"})
+	d.DelExport("exp0")
 	d.WaitEvent("BLOCK_EXPORT_DELETED", 10*time.Second)
 	d.Quit()
 	for _, img := range []string{"top.qcow2", "ov1.qcow2", "ov2.qcow2"} {

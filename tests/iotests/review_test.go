@@ -28,7 +28,7 @@ func TestReopenImplicitChildren(t *testing.T) {
 	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x61 0 64k", nbdURI(sock, "a"))
 	d.MustFail("blockdev-reopen", map[string]any{"options": []any{map[string]any{"driver": "qcow2", "node-name": "a", "file": "af", "read-only": true}}},
 		"GenericError", "Read-only block node 'a' cannot support read-write users")
-	d.Cmd("block-export-del", map[string]any{"id": "e0"})
+	d.DelExport("e0")
 	d.WaitEvent("BLOCK_EXPORT_DELETED", 10*time.Second)
 	// Read-only and back, the file child named: it follows both ways.
 	run(t, "qemu-img", "create", "-q", "-f", "qcow2", d.Path("b.qcow2"), "1M")
