@@ -1,29 +1,14 @@
 package throttle
 
-import "time"
+import "github.com/blockd/blockd/pkg/block"
 
-// Clock is the time source of a group. Tests inject a fake one
-// (throttletest.FakeClock) so that rates can be checked over simulated
+// Clock is the time source of a group (the daemon's block.Clock). Tests
+// inject blocktest.FakeClock so that rates can be checked over simulated
 // seconds without sleeping.
-type Clock interface {
-	Now() time.Time
-	// AfterFunc calls f in its own goroutine once d has passed. f must
-	// not be called from within AfterFunc itself.
-	AfterFunc(d time.Duration, f func()) Timer
-}
+type Clock = block.Clock
 
 // Timer is a pending AfterFunc call.
-type Timer interface {
-	// Stop prevents the call if it has not started; it reports whether
-	// it did.
-	Stop() bool
-}
-
-type realClock struct{}
-
-func (realClock) Now() time.Time { return time.Now() }
-
-func (realClock) AfterFunc(d time.Duration, f func()) Timer { return time.AfterFunc(d, f) }
+type Timer = block.Timer
 
 // RealClock is the wall clock.
-func RealClock() Clock { return realClock{} }
+func RealClock() Clock { return block.RealClock() }

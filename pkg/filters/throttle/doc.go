@@ -40,7 +40,7 @@
 // cannot be set afterwards. A group is in use while a node is its member,
 // and object-del refuses to delete it then.
 //
-// The group runs on a Clock: the wall clock, or throttletest.FakeClock in
+// The group runs on a Clock: the wall clock, or blocktest.FakeClock in
 // tests, which makes time pass only when told so.
 //
 // # The filter

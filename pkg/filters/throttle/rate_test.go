@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blockd/blockd/pkg/block/blocktest"
 	"github.com/blockd/blockd/pkg/filters/throttle"
-	"github.com/blockd/blockd/pkg/filters/throttle/throttletest"
 )
 
 func i64(v int64) *int64 { return &v }
@@ -25,7 +25,7 @@ type stream struct {
 // sim drives streams against a group on a fake clock, in one goroutine:
 // no sleeps, no scheduling noise.
 type sim struct {
-	clk     *throttletest.FakeClock
+	clk     *blocktest.FakeClock
 	streams []*stream
 }
 
@@ -81,9 +81,9 @@ func within5(t *testing.T, what string, got, want float64) {
 	}
 }
 
-func newGroup(t *testing.T, l throttle.Limits) (*throttle.Group, *throttletest.FakeClock) {
+func newGroup(t *testing.T, l throttle.Limits) (*throttle.Group, *blocktest.FakeClock) {
 	t.Helper()
-	clk := throttletest.NewFakeClock()
+	clk := blocktest.NewFakeClock()
 	g, err := throttle.NewGroupClock("tg0", l, clk)
 	if err != nil {
 		t.Fatalf("NewGroup: %v", err)

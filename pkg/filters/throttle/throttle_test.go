@@ -14,7 +14,6 @@ import (
 	"github.com/blockd/blockd/pkg/block/blocktest"
 	"github.com/blockd/blockd/pkg/filters/internal/filtertest"
 	"github.com/blockd/blockd/pkg/filters/throttle"
-	"github.com/blockd/blockd/pkg/filters/throttle/throttletest"
 )
 
 // addGroup adds a throttle group object to g.
@@ -38,7 +37,7 @@ func (otherObject) QOMType() string { return "iothread" }
 func (otherObject) InUse() bool     { return false }
 
 func build(t testing.TB, g *block.Graph, mem string) (*block.Node, []*block.Node) {
-	addGroup(t, g, "tg0", throttle.Limits{}, throttletest.NewFakeClock())
+	addGroup(t, g, "tg0", throttle.Limits{}, blocktest.NewFakeClock())
 	g.Lock()
 	if err := g.AddObject("io0", otherObject{}); err != nil {
 		t.Fatal(err)
@@ -233,7 +232,7 @@ func waitQueued(t *testing.T, grp *throttle.Group, n int) {
 func TestThroughNode(t *testing.T) {
 	ctx := context.Background()
 	g := blocktest.NewGraph()
-	clk := throttletest.NewFakeClock()
+	clk := blocktest.NewFakeClock()
 	grp := addGroup(t, g, "tg0", throttle.Limits{IopsTotal: i64(10)}, clk)
 	blocktest.Open(t, g, `{"driver":"blocktest-mem","node-name":"base","size":1048576,"discard":"unmap"}`)
 	flt := blocktest.Open(t, g, `{"driver":"throttle","node-name":"flt","discard":"unmap","throttle-group":"tg0","file":"base"}`)

@@ -1,17 +1,16 @@
-// Package throttletest has a fake clock for tests of throttle groups:
-// time moves only when the test says so, and timers fire in the
-// goroutine that advances it.
-package throttletest
+package blocktest
 
 import (
 	"sort"
 	"sync"
 	"time"
 
-	"github.com/blockd/blockd/pkg/filters/throttle"
+	"github.com/blockd/blockd/pkg/block"
 )
 
-// FakeClock is a throttle.Clock that stands still until Advance.
+// FakeClock is a block.Clock that stands still until Advance: time moves
+// only when the test says so, and timers fire in the goroutine that
+// advances it.
 type FakeClock struct {
 	mu     sync.Mutex
 	now    time.Time
@@ -26,22 +25,22 @@ type fakeTimer struct {
 	f    func()
 }
 
-var _ throttle.Clock = (*FakeClock)(nil)
+var _ block.Clock = (*FakeClock)(nil)
 
 // NewFakeClock returns a clock standing at a fixed instant.
 func NewFakeClock() *FakeClock {
 	return &FakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 }
 
-// Now implements throttle.Clock.
+// Now implements block.Clock.
 func (c *FakeClock) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.now
 }
 
-// AfterFunc implements throttle.Clock. f runs during a later Advance.
-func (c *FakeClock) AfterFunc(d time.Duration, f func()) throttle.Timer {
+// AfterFunc implements block.Clock. f runs during a later Advance.
+func (c *FakeClock) AfterFunc(d time.Duration, f func()) block.Timer {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.seq++
@@ -50,7 +49,7 @@ func (c *FakeClock) AfterFunc(d time.Duration, f func()) throttle.Timer {
 	return t
 }
 
-// Stop implements throttle.Timer.
+// Stop implements block.Timer.
 func (t *fakeTimer) Stop() bool {
 	c := t.c
 	c.mu.Lock()
