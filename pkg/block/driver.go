@@ -323,3 +323,35 @@ func LookupCreator(driver string) *Creator {
 // NewOptions returns a new, empty options struct of the driver (a pointer),
 // for tools that need the option types (command-line key=value parsing).
 func (d *Driver) NewOptions() any { return d.newOpts() }
+
+// BackingFileChanger is implemented by formats that can rewrite the
+// backing file name in their image header (stream, commit and
+// change-backing-file do; graph changes alone never do). It is found by
+// type assertion on the node's own Impl, never through a filter.
+//
+// It is called with the node drained, under the graph lock, and only on a
+// writable node; a read-only or corrupt image refuses with an error.
+// name is written as given (BackingFileName builds it); format is the
+// backing's driver name. name "" removes both the backing file name and
+// the backing format from the header; format "" with a name writes the
+// name without a format (readers then probe).
+//
+// Guarantees:
+//   - Everything written to the image before the call (guest data and
+//     the driver's cached metadata) is durable before the header names the
+//     new backing, so that a crash never leaves an overlay that points at
+//     a backing its data does not yet depend on.
+//   - The header change itself is one write of (a prefix of) the header
+//     cluster followed by a flush: after a crash the image has either the
+//     old header or the new one.
+//   - Every other part of the header is kept, header extensions the
+//     driver does not know included.
+//   - An error leaves the header as it was: a name or format that does not
+//     fit is refused before anything is written (ErrInvalid, ErrNoSpace);
+//     an I/O error during the write may leave either header, as a crash
+//     would.
+//
+// BackingFile reports the new strings once the call has succeeded.
+type BackingFileChanger interface {
+	ChangeBackingFile(ctx context.Context, name, format string) error
+}
