@@ -1,6 +1,10 @@
 package block
 
-import "context"
+import (
+	"context"
+	"os"
+	"path/filepath"
+)
 
 // The chain functions. Every package asks these instead of reaching for a
 // child by name: "backing" names a COW child for qcow2 but the filtered
@@ -221,4 +225,67 @@ func IsAllocatedAbove(ctx context.Context, top, base *Node, includeBase bool, of
 		}
 	}
 	return false, n, nil
+}
+
+// BaseOverlay finds, for an operation on the chain from top down to base
+// (base nil: to the end of the chain), the COW overlay of base and the
+// node directly above base. The overlay is the lowest image that keeps
+// its place; the node above base is the overlay itself or a filter below
+// it, whose next link is what the overlay must point at when the
+// operation ends (stream takes it from there, so that a job below that
+// changes base meanwhile is followed). ok is false when base is not below
+// top.
+func BaseOverlay(top, base *Node) (overlay, above *Node, ok bool) {
+	overlay = FindOverlay(top, base)
+	if overlay == nil {
+		return nil, nil, false
+	}
+	above = overlay
+	if c := COWChild(above); c != nil && c.Node() != base {
+		above = c.Node()
+		for {
+			f := FilteredChild(above)
+			if f == nil || f.Node() == base {
+				break
+			}
+			above = f.Node()
+		}
+	}
+	return overlay, above, true
+}
+
+// FindBackingImage finds the image in top's chain that an image header
+// names name, the way QEMU's 'base' arguments are matched: name is the
+// backing file string of some image of the chain, or a path (relative
+// ones against that image's directory) to the same file as the image
+// below it. nil if none matches.
+func FindBackingImage(top *Node, name string) *Node {
+	for n := SkipFilters(top); n != nil; n = BackingChainNext(n) {
+		below := BackingChainNext(n)
+		if below == nil {
+			return nil
+		}
+		if bf, ok := n.impl.(BackingFiler); ok {
+			if s, _ := bf.BackingFile(); s != "" && s == name {
+				return below
+			}
+		}
+		if samePath(ResolveBacking(n.Filename(), name), below.Filename()) {
+			return below
+		}
+	}
+	return nil
+}
+
+// samePath reports whether two file names name the same file.
+func samePath(a, b string) bool {
+	if a == "" || b == "" {
+		return false
+	}
+	if filepath.Clean(a) == filepath.Clean(b) {
+		return true
+	}
+	sa, errA := os.Stat(a)
+	sb, errB := os.Stat(b)
+	return errA == nil && errB == nil && os.SameFile(sa, sb)
 }

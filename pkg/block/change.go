@@ -50,7 +50,7 @@ func (t *Txn) retarget(c *Child, from, to *Node) {
 	c.node.Store(to)
 	if c.role&RoleCOW != 0 {
 		if p := c.ParentNode(); p != nil {
-			c.blocker = fmt.Sprintf("node is used as backing hd of '%s'", p.name)
+			c.blocker = backingBlocker(p)
 		}
 	}
 }
@@ -115,8 +115,16 @@ func (t *Txn) SetMonitorOwned(n *Node, owned bool) {
 	}
 }
 
-// Freeze freezes the edges; all are checked before any is changed.
-func (t *Txn) Freeze(cs ...*Child) {
+// Freeze freezes the edges so that nothing can detach or retarget them
+// until Unfreeze. All are checked before any is changed: an edge that is
+// already frozen (another job holds it) is refused with qsd's message.
+func (t *Txn) Freeze(cs ...*Child) error {
+	for _, c := range cs {
+		if c.frozen > 0 {
+			// compat(qsd-7.2): bdrv_freeze_backing_chain's wording.
+			return Errorf(ErrFrozen, "Cannot freeze '%s' link to '%s'", c.name, c.Node().name)
+		}
+	}
 	for _, c := range cs {
 		c.frozen++
 	}
@@ -125,6 +133,7 @@ func (t *Txn) Freeze(cs ...*Child) {
 			c.frozen--
 		}
 	})
+	return nil
 }
 
 // Unfreeze undoes Freeze.
@@ -139,23 +148,36 @@ func (t *Txn) Unfreeze(cs ...*Child) {
 	})
 }
 
-// OpBlocker returns why n may not be deleted or used by a new job (its
-// edges' blockers, newest first), or "".
-func (n *Node) OpBlocker() string {
-	for i := len(n.parents) - 1; i >= 0; i-- {
-		if b := n.parents[i].blocker; b != "" {
-			return b
+// ChainLinks lists the filtered and COW links from top down to base, the
+// link that points at base included (none when top is base). base nil
+// means the whole chain. It fails if base is not below top.
+func ChainLinks(top, base *Node) ([]*Child, error) {
+	var cs []*Child
+	for x := top; x != base; {
+		c := FilteredOrCOWChild(x)
+		if c == nil {
+			if base == nil {
+				break
+			}
+			return nil, Errorf(ErrInvalid, "'%s' is not in the backing chain of '%s'", base.name, top.name)
 		}
+		cs = append(cs, c)
+		x = c.Node()
 	}
-	return ""
+	return cs, nil
 }
 
-// SetBlocker makes edge c block operations on its node with reason
-// (jobs: "block device is in use by block job: stream").
-func (t *Txn) SetBlocker(c *Child, reason string) {
-	old := c.blocker
-	c.blocker = reason
-	t.OnUndo(func() { c.blocker = old })
+// FreezeChain freezes the links from top down to base (see ChainLinks)
+// and returns them, for the caller to Unfreeze when it is done.
+func (t *Txn) FreezeChain(top, base *Node) ([]*Child, error) {
+	cs, err := ChainLinks(top, base)
+	if err != nil {
+		return nil, err
+	}
+	if err := t.Freeze(cs...); err != nil {
+		return nil, err
+	}
+	return cs, nil
 }
 
 // Delete removes a monitor-owned node that nobody uses (blockdev-del),
@@ -166,13 +188,13 @@ func (t *Txn) Delete(name string) error {
 		return Errorf(ErrNotFound, "Failed to find node with node-name='%s'", name)
 	}
 	for _, c := range n.parents {
-		if _, ok := c.parent.(*Root); ok && c.blocker == "" {
+		if _, ok := c.parent.(*Root); ok && c.blocker.reason == "" {
 			// compat(qsd-7.2): no quotes around the name here.
 			return Errorf(ErrBusy, "Node %s is in use", name)
 		}
 	}
-	if b := n.OpBlocker(); b != "" {
-		return Errorf(ErrBusy, "Node '%s' is busy: %s", name, b)
+	if err := n.Blocked(OpDelete); err != nil {
+		return err
 	}
 	if !n.monitorOwned {
 		return Errorf(ErrBusy, "Node %s is not owned by the monitor", name)
@@ -187,20 +209,15 @@ func (t *Txn) Delete(name string) error {
 	return nil
 }
 
-// FreezeChain freezes the chain links from n down to base (the link that
-// points at base included) for as long as n exists, as a filter with a
-// bottom (copy-on-read) needs. Every link is checked before any is frozen.
+// FreezeChain freezes the chain links from the node being opened down to
+// base (the link that points at base included) for as long as the node
+// exists, as a filter with a bottom (copy-on-read) needs. Every link is
+// checked before any is frozen.
 func (o *Opener) FreezeChain(base *Node) error {
-	var cs []*Child
-	for x := o.node; x != base; {
-		c := FilteredOrCOWChild(x)
-		if c == nil {
-			return Errorf(ErrInvalid, "'%s' is not in the backing chain of '%s'", base.name, o.node.name)
-		}
-		cs = append(cs, c)
-		x = c.Node()
+	cs, err := o.tx.FreezeChain(o.node, base)
+	if err != nil {
+		return err
 	}
-	o.tx.Freeze(cs...)
 	n := o.node
 	n.ownFrozen = append(n.ownFrozen, cs...)
 	o.tx.OnUndo(func() { n.ownFrozen = nil })

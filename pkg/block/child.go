@@ -30,9 +30,9 @@ type Child struct {
 	fixed bool
 
 	frozen int // > 0: may not be detached or retargeted; guarded by the graph lock
-	// blocker is the reason this edge blocks operations on its node
-	// ("node is used as backing hd of 'top'"), or "".
-	blocker string
+	// blocker is why this edge blocks operations on its node; guarded
+	// by the graph lock.
+	blocker blocker
 }
 
 // PermAdjust changes the role's default permissions of a child: Need is

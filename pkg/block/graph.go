@@ -172,7 +172,7 @@ func (t *Txn) finish() {
 // Open opens a node from QMP BlockdevOptions. Top-level nodes (blockdev-add)
 // are monitor-owned and must be named.
 func (t *Txn) Open(ctx context.Context, raw json.RawMessage, monitorOwned bool) (*Node, error) {
-	return t.open(ctx, raw, "", monitorOwned, nil)
+	return t.open(ctx, raw, "", monitorOwned, nil, false)
 }
 
 // peekDriver reads the discriminator of BlockdevOptions.
@@ -206,14 +206,16 @@ func pathOr(path, def string) string {
 	return path
 }
 
-func (t *Txn) open(ctx context.Context, raw json.RawMessage, path string, monitorOwned bool, parent *Opener) (*Node, error) {
+// open opens a node; implicitOK lets it use drivers users cannot name
+// (the filters jobs insert).
+func (t *Txn) open(ctx context.Context, raw json.RawMessage, path string, monitorOwned bool, parent *Opener, implicitOK bool) (*Node, error) {
 	g := t.g
 	name, err := peekDriver(raw, path)
 	if err != nil {
 		return nil, err
 	}
 	d := LookupDriver(name)
-	if d == nil || d.Implicit {
+	if d == nil || d.Implicit && !implicitOK {
 		return nil, fmt.Errorf("Parameter '%s' does not accept value '%s'", join(path, "driver"), name)
 	}
 	n := &Node{g: g, drv: d, raw: raw}
@@ -419,7 +421,7 @@ func (o *Opener) attach(ctx context.Context, name string, ref NodeRef, role Role
 			}
 		}
 		var err error
-		if cn, err = t.open(ctx, raw, join(o.path, name), false, o); err != nil {
+		if cn, err = t.open(ctx, raw, join(o.path, name), false, o, false); err != nil {
 			return nil, err
 		}
 	default:
@@ -450,7 +452,7 @@ func (t *Txn) AttachChild(p *Node, name string, cn *Node, role Role, adj PermAdj
 	c := &Child{name: name, role: role, parent: p, adj: adj}
 	c.node.Store(cn)
 	if role&RoleCOW != 0 {
-		c.blocker = fmt.Sprintf("node is used as backing hd of '%s'", p.name)
+		c.blocker = backingBlocker(p)
 	}
 	p.setChildren(append(p.Children(), c))
 	cn.parents = append(cn.parents, c)

@@ -2,6 +2,7 @@ package block
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,11 +15,28 @@ import (
 type Root struct {
 	kind, name, desc string
 	child            *Child
+	held             []*Child // more edges the owner holds (Hold); graph lock
+	hooks            DrainHooks
 
 	mu       sync.Mutex
 	cond     sync.Cond
 	quiesced int // drain nesting; guarded by mu
 	inflight int // requests inside; guarded by mu
+}
+
+// DrainHooks are how a root's owner that issues requests on its own (a
+// job) takes part in drains. Requests through such a root are not held
+// back while drained, because the owner may be in the middle of a step
+// that needs several: instead DrainBegin asks the owner to stop at its
+// next pause point, and DrainWait blocks until it has stopped there (or
+// has no more work); the drain then also waits for the requests it had in
+// flight. DrainEnd lets it go on. Begin and End are called once per
+// outermost drain, outside the root's lock, with the graph lock held: the
+// owner must not need the graph lock to reach its pause point.
+type DrainHooks interface {
+	DrainBegin()
+	DrainWait()
+	DrainEnd()
 }
 
 // RootOptions describe a new root edge.
@@ -32,6 +50,9 @@ type RootOptions struct {
 	// "block-backend" and "" for exports; "block-job" and the job id for jobs.
 	Kind, ID     string
 	Perm, Shared Perm
+	// Hooks, if set, make the root's owner a drain participant (see
+	// DrainHooks) instead of having its requests held back.
+	Hooks DrainHooks
 }
 
 // NewRoot attaches a root user to n with fixed permissions.
@@ -42,7 +63,7 @@ func (t *Txn) NewRoot(n *Node, o RootOptions) (*Root, error) {
 	if o.Kind == "" {
 		o.Kind = "block-backend"
 	}
-	r := &Root{kind: o.Kind, name: o.ID, desc: o.Desc}
+	r := &Root{kind: o.Kind, name: o.ID, desc: o.Desc, hooks: o.Hooks}
 	r.cond.L = &r.mu
 	c := &Child{name: o.Name, parent: r, fixed: true}
 	c.node.Store(n)
@@ -57,18 +78,45 @@ func (t *Txn) NewRoot(n *Node, o RootOptions) (*Root, error) {
 	return r, nil
 }
 
-// Detach removes the root's edge (the root is no longer usable). Nodes
+// Hold makes the root's owner a user of n too, through an edge called
+// name that takes perm and shares shared, without I/O through it (a job
+// holds the nodes it works on this way: "active node", "intermediate
+// node"). The edge goes away with Detach.
+func (t *Txn) Hold(r *Root, n *Node, name string, perm, shared Perm) (*Child, error) {
+	c := &Child{name: name, parent: r, fixed: true}
+	c.node.Store(n)
+	c.setPerm(perm, shared)
+	n.parents = append(n.parents, c)
+	r.held = append(r.held, c)
+	if err := t.g.refreshPerms(); err != nil {
+		r.held = r.held[:len(r.held)-1]
+		t.g.detachLocked(c)
+		return nil, err
+	}
+	t.OnUndo(func() {
+		r.held = slices.DeleteFunc(r.held, func(x *Child) bool { return x == c })
+		t.g.detachLocked(c)
+	})
+	return c, nil
+}
+
+// Detach removes the root's edges (the root is no longer usable). Nodes
 // left without users that the monitor does not own are closed.
 func (t *Txn) Detach(r *Root) {
-	c := r.child
-	t.g.detachLocked(c)
+	held := r.held
+	r.held = nil
+	for _, c := range append([]*Child{r.child}, held...) {
+		t.g.detachLocked(c)
+	}
 	t.OnUndo(func() {
-		// Undoing a detach re-links the edge; the node may have been
+		// Undoing a detach re-links the edges; a node may have been
 		// closed meanwhile only if nothing else held it, which Abort
 		// cannot restore: callers detach last.
-		n := c.Node()
-		if !n.closed {
-			n.parents = append(n.parents, c)
+		r.held = held
+		for _, c := range append([]*Child{r.child}, held...) {
+			if n := c.Node(); !n.closed {
+				n.parents = append(n.parents, c)
+			}
 		}
 	})
 }
@@ -105,7 +153,7 @@ func (r *Root) Size() int64 { return r.child.Node().Size() }
 
 func (r *Root) enter() {
 	r.mu.Lock()
-	for r.quiesced > 0 {
+	for r.quiesced > 0 && r.hooks == nil {
 		r.cond.Wait()
 	}
 	r.inflight++
@@ -121,28 +169,50 @@ func (r *Root) exit() {
 	r.mu.Unlock()
 }
 
-// quiesce stops new requests; wait blocks until none are in flight.
+// quiesce stops new requests (or asks the owner to stop issuing them);
+// wait blocks until none are in flight.
 func (r *Root) quiesce() {
 	r.mu.Lock()
 	r.quiesced++
+	first := r.quiesced == 1
 	r.mu.Unlock()
+	if first && r.hooks != nil {
+		r.hooks.DrainBegin()
+	}
 }
 
 func (r *Root) wait() {
 	r.mu.Lock()
-	for r.inflight > 0 {
-		r.cond.Wait()
+	defer r.mu.Unlock()
+	for {
+		for r.inflight > 0 {
+			r.cond.Wait()
+		}
+		if r.hooks == nil {
+			return
+		}
+		// The owner may still issue requests until it reaches its pause
+		// point; once it is there, wait for what it left in flight.
+		r.mu.Unlock()
+		r.hooks.DrainWait()
+		r.mu.Lock()
+		if r.inflight == 0 {
+			return
+		}
 	}
-	r.mu.Unlock()
 }
 
 func (r *Root) resume() {
 	r.mu.Lock()
 	r.quiesced--
-	if r.quiesced == 0 {
+	last := r.quiesced == 0
+	if last {
 		r.cond.Broadcast()
 	}
 	r.mu.Unlock()
+	if last && r.hooks != nil {
+		r.hooks.DrainEnd()
+	}
 }
 
 // checkRoot bounds a request by the node's size: users outside the graph

@@ -38,7 +38,7 @@ func (t *Txn) SetBacking(n, b *Node) error {
 	if b != nil {
 		c = &Child{name: "backing", role: RoleCOW, parent: n}
 		c.node.Store(b)
-		c.blocker = fmt.Sprintf("node is used as backing hd of '%s'", n.name)
+		c.blocker = backingBlocker(n)
 		n.setChildren(append(n.Children(), c))
 		b.parents = append(b.parents, c)
 		t.OnUndo(func() { t.undoAttach(n, c) })
@@ -62,11 +62,12 @@ func (t *Txn) Append(overlay, n *Node) error {
 // InsertFilter opens a filter node above n from options raw (its filtered
 // child must be given as n's name) and moves n's users to it. Jobs insert
 // their filters (mirror_top, commit_top, the copy-on-read of a stream) this
-// way with implicit set: such a node is skipped by queries of a device's
-// chain, is not monitor-owned, and goes away when the job removes it.
+// way, and may use drivers users cannot name (Driver.Implicit). With
+// implicit set the node is skipped by queries of a device's chain; it is
+// never monitor-owned, and goes away when the job removes it.
 func (t *Txn) InsertFilter(ctx context.Context, n *Node, raw json.RawMessage, implicit bool) (*Node, error) {
 	t.Drain(n)
-	f, err := t.open(ctx, raw, "", false, nil)
+	f, err := t.open(ctx, raw, "", false, nil, true)
 	if err != nil {
 		return nil, err
 	}
@@ -81,7 +82,10 @@ func (t *Txn) InsertFilter(ctx context.Context, n *Node, raw json.RawMessage, im
 }
 
 // RemoveFilter undoes InsertFilter: f's users go back to its child and f
-// is closed when nothing else holds it.
+// is closed when nothing else holds it. The links f froze for its
+// lifetime are released at once, so that the same change may go on to
+// retarget them (a stream removes its copy-on-read filter, then points
+// the top at its new backing).
 func (t *Txn) RemoveFilter(f *Node) error {
 	c := FilteredChild(f)
 	if c == nil {
@@ -90,6 +94,11 @@ func (t *Txn) RemoveFilter(f *Node) error {
 	t.Drain(f)
 	if err := t.ReplaceNode(f, c.Node(), nil); err != nil {
 		return err
+	}
+	if own := f.ownFrozen; len(own) > 0 {
+		t.Unfreeze(own...)
+		f.ownFrozen = nil
+		t.OnUndo(func() { f.ownFrozen = own })
 	}
 	t.OnCommit(func() { t.g.freeIfUnused(f) })
 	return nil

@@ -63,8 +63,8 @@ func (s *Server) blockResize(ctx context.Context, a *resizeArgs) (empty, error) 
 	if a.Size < 0 {
 		return empty{}, errors.New("Parameter 'size' expects a >0 size")
 	}
-	if b := n.OpBlocker(); b != "" {
-		return empty{}, fmt.Errorf("Node '%s' is busy: %s", n.Name(), b)
+	if err := n.Blocked(block.OpResize); err != nil {
+		return empty{}, err
 	}
 	if n.ReadOnly() {
 		return empty{}, errors.New("Image is read-only")

@@ -83,8 +83,8 @@ func (x *snapshotAction) apply(ctx context.Context, s *Server, tx *block.Txn) er
 
 // appendOverlay checks and makes the snapshot, with qsd's messages.
 func appendOverlay(ctx context.Context, tx *block.Txn, old, ov *block.Node) error {
-	if b := old.OpBlocker(); b != "" {
-		return fmt.Errorf("Node '%s' is busy: %s", old.Name(), b)
+	if err := old.Blocked(block.OpExternalSnapshot); err != nil {
+		return err
 	}
 	// An overlay may be in use only by users that do not read it yet
 	// (a mirror target); anything else would see its data change.
@@ -123,8 +123,8 @@ func (x *snapshotSyncAction) prepare(ctx context.Context, s *Server, tx *block.T
 	if err != nil {
 		return err
 	}
-	if b := old.OpBlocker(); b != "" {
-		return fmt.Errorf("Node '%s' is busy: %s", old.Name(), b)
+	if err := old.Blocked(block.OpExternalSnapshot); err != nil {
+		return err
 	}
 	if a.NodeName != nil && a.SnapshotNodeName == nil {
 		return errors.New("New overlay node-name missing")
