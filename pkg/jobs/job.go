@@ -1,7 +1,3 @@
-// Package jobs runs long operations on the block graph as QMP jobs: the
-// state machine, the verbs each state accepts, and the events
-// (JOB_STATUS_CHANGE, BLOCK_JOB_*). A job's body runs in its own goroutine;
-// graph changes happen only in its Finisher steps, under the graph lock.
 package jobs
 
 import (
@@ -9,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -20,35 +17,63 @@ type Emitter interface{ Emit(name string, data any) }
 
 // Body is the part of a job that differs between job types.
 type Body interface {
-	// Run does the work. Between chunks it calls j.Yield, which parks
-	// while the job is paused and returns an error once it is cancelled.
-	// Run must not change the graph.
+	// Run does the work (see the package doc): it calls j.Yield between
+	// steps and must not change the graph.
 	Run(ctx context.Context, j *Job) error
 }
 
-// Finisher is implemented by bodies that change the graph when they end.
-// The runner calls Prepare inside a graph change it then commits (or
-// aborts, when Prepare or the permission check fails); Commit follows a
-// committed change and must not fail; Abort undoes or cleans up after an
-// error, in a graph change of its own. None of them runs under the job's
-// own lock, so they may take the graph lock and ask the job for its state.
-type Finisher interface {
-	Prepare(tx *block.Txn) error
-	Commit()
-	Abort(tx *block.Txn)
+// Setupper is implemented by bodies that change the graph when they
+// start: Setup runs inside the graph change Runner.Start opens, before the
+// job is created, and may fail with nothing visible changed.
+type Setupper interface {
+	Setup(ctx context.Context, tx *block.Txn, j *Job) error
 }
+
+// Finisher is implemented by bodies that change the graph when they end.
+// Each hook runs under the graph lock, in a graph change of its own that
+// the runner commits; see the package doc for when each is called.
+type Finisher interface {
+	Prepare(ctx context.Context, tx *block.Txn) error
+	Commit()
+	Abort(ctx context.Context, tx *block.Txn)
+}
+
+// Cleaner is implemented by bodies with something to undo however the
+// job ended; Clean runs last, after Commit or Abort.
+type Cleaner interface {
+	Clean(ctx context.Context, tx *block.Txn)
+}
+
+// Completer is implemented by bodies that wait in "ready" for
+// job-complete (mirror, active commit). Complete is called without the
+// job's lock held.
+type Completer interface{ Complete() error }
+
+// Canceler is implemented by bodies that can be cancelled softly: Cancel
+// is told whether the user forced the cancel and answers whether the job
+// must stop at once (hard). A soft cancel leaves it to the body to notice
+// (Job.CancelRequested) and finish on its own terms.
+type Canceler interface{ Cancel(force bool) (hard bool) }
 
 // Options are how a job was asked to behave.
 type Options struct {
 	AutoFinalize bool
 	AutoDismiss  bool
-	// BlockJob: the job is a block job (emits BLOCK_JOB_* events and shows
-	// in query-block-jobs); create jobs are not.
+	// BlockJob: the job is a block job (emits BLOCK_JOB_* events, has a
+	// rate limit and an on-error policy, shows in query-block-jobs);
+	// create jobs are not.
 	BlockJob bool
+	Speed    int64 // bytes per second; 0: unlimited
+	OnError  OnError
 }
 
 // ErrCancelled is what Yield returns once the job is cancelled.
-var ErrCancelled = errors.New("job cancelled")
+var ErrCancelled = errors.New("Operation canceled")
+
+// maxVerbWait bounds how long a verb waits for the job to act on it
+// before the reply goes out anyway (a job stuck in I/O must not hang the
+// monitor); its events then follow the reply.
+const maxVerbWait = 10 * time.Second
 
 // Job is one running or finished job.
 type Job struct {
@@ -57,102 +82,41 @@ type Job struct {
 	opts     Options
 	r        *Runner
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	done   chan struct{}
+	ctx     context.Context // for the body; never cancelled: a cancel stops the job at Yield, not its I/O midway
+	done    chan struct{}   // closed when the job's goroutine has ended
+	started chan struct{}   // closed at Run's first Yield, or when the job stopped short of it
 
-	mu        sync.Mutex
-	cond      sync.Cond
-	status    Status // guarded by mu
-	paused    bool   // job-pause asked the job to stop at its next Yield; guarded by mu
-	cancelled bool   // guarded by mu
-	force     bool   // guarded by mu
-	err       error  // the first error; guarded by mu
-	progress  int64  // guarded by mu
-	total     int64  // guarded by mu
-	speed     int64  // guarded by mu
-	busy      bool   // guarded by mu
+	// mu guards every field below. Events are emitted with it held, so
+	// that they leave in the order the state changed.
+	mu          sync.Mutex
+	cond        sync.Cond
+	status      Status
+	pauses      int  // pause requests in force: user, drain, error
+	userPaused  bool // one of them is the user's (or on-error stop's)
+	running     bool // Run has been started and has not returned
+	inYield     bool // Run is inside Yield (QEMU's !busy)
+	parked      bool // ... and parked at a pause point, quiesced
+	cancelled   bool // a cancel was asked for
+	force       bool // ... and it is hard
+	aborted     bool // the job ended through abort
+	finalizeReq bool // job-finalize was asked for
+	startedDone bool // started is closed
+	err         error
+	progress    int64
+	total       int64
+	limit       rateLimit
+	ioStatus    IOStatus
+	quiesce     func()
+	roots       []*block.Root
 }
 
-// Runner owns every job.
-type Runner struct {
-	emit Emitter
-	log  logrus.FieldLogger
-	g    *block.Graph // for the jobs' graph steps
-
-	mu   sync.Mutex
-	jobs []*Job // creation order; guarded by mu
-	wg   sync.WaitGroup
-}
-
-// NewRunner returns a runner for jobs on graph g that emits events
-// through emit.
-func NewRunner(g *block.Graph, emit Emitter, log logrus.FieldLogger) *Runner {
-	if log == nil {
-		l := logrus.New()
-		l.SetLevel(logrus.PanicLevel)
-		log = l
-	}
-	return &Runner{emit: emit, log: log, g: g}
-}
-
-// Find returns the job with id, or nil.
-func (r *Runner) Find(id string) *Job {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, j := range r.jobs {
-		if j.ID == id {
-			return j
-		}
-	}
-	return nil
-}
-
-// Jobs lists the jobs in creation order.
-func (r *Runner) Jobs() []*Job {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]*Job(nil), r.jobs...)
-}
-
-// Start creates a job and starts its body. It emits "created" and
-// "running" before it returns, as qsd does before the command's reply.
-func (r *Runner) Start(id, typ string, body Body, opts Options) (*Job, error) {
-	r.mu.Lock()
-	for _, j := range r.jobs {
-		if j.ID == id {
-			r.mu.Unlock()
-			return nil, fmt.Errorf("Job ID '%s' already in use", id)
-		}
-	}
-	j := &Job{ID: id, Type: typ, body: body, opts: opts, r: r, status: Undefined, done: make(chan struct{})}
+func newJob(r *Runner, id, typ string, body Body, opts Options) *Job {
+	j := &Job{ID: id, Type: typ, body: body, opts: opts, r: r, status: Undefined,
+		done: make(chan struct{}), started: make(chan struct{}), ioStatus: IOStatusOK}
 	j.cond.L = &j.mu
-	j.ctx, j.cancel = context.WithCancel(context.Background())
-	r.jobs = append(r.jobs, j)
-	r.mu.Unlock()
-
-	j.mu.Lock()
-	j.moveLocked(Created)
-	j.moveLocked(Running)
-	j.busy = true
-	j.mu.Unlock()
-	r.wg.Add(1)
-	go j.run()
-	return j, nil
-}
-
-// Close cancels every job and waits for their goroutines.
-func (r *Runner) Close() {
-	for _, j := range r.Jobs() {
-		j.mu.Lock()
-		if j.status != Concluded && j.status != Null {
-			j.cancelled, j.force = true, true
-			j.cancel()
-			j.cond.Broadcast()
-		}
-		j.mu.Unlock()
-	}
-	r.wg.Wait()
+	j.ctx = context.Background()
+	j.limit.setSpeed(opts.Speed)
+	return j
 }
 
 // moveLocked moves j to s and emits JOB_STATUS_CHANGE. A move the state
@@ -164,57 +128,114 @@ func (j *Job) moveLocked(s Status) {
 	}
 	j.status = s
 	j.r.emit.Emit("JOB_STATUS_CHANGE", map[string]any{"status": string(s), "id": j.ID})
+	j.cond.Broadcast()
 }
 
+func (j *Job) signalStartedLocked() {
+	if !j.startedDone {
+		j.startedDone = true
+		close(j.started)
+	}
+}
+
+// waitLocked waits, with j.mu held, until ok holds or maxVerbWait has
+// passed on the runner's clock.
+func (j *Job) waitLocked(ok func() bool) {
+	if ok() {
+		return
+	}
+	expired := false
+	t := j.r.clock.AfterFunc(maxVerbWait, func() {
+		j.mu.Lock()
+		expired = true
+		j.cond.Broadcast()
+		j.mu.Unlock()
+	})
+	defer t.Stop()
+	for !ok() && !expired {
+		j.cond.Wait()
+	}
+}
+
+func (j *Job) endedLocked() bool { return j.status == Concluded || j.status == Null }
+
+// run is the job's goroutine: the body, then finalizing or aborting.
 func (j *Job) run() {
 	defer j.r.wg.Done()
 	defer close(j.done)
 	err := j.body.Run(j.ctx, j)
 	j.mu.Lock()
-	j.busy = false
-	if err == nil && j.cancelled {
+	j.running = false
+	j.quiesce = nil
+	j.cond.Broadcast()
+	if err == nil && j.cancelled && j.force {
 		err = ErrCancelled
 	}
-	if err != nil && j.err == nil && !errors.Is(err, ErrCancelled) {
-		j.err = err
-	}
 	if err != nil {
+		j.failLocked(err)
 		j.mu.Unlock()
 		j.abort()
 		return
 	}
 	j.moveLocked(Waiting)
 	j.moveLocked(Pending)
+	if j.opts.AutoFinalize && j.cancelled && j.force {
+		// Cancelled between the end of Run and finalizing: still aborts.
+		j.mu.Unlock()
+		j.abort()
+		return
+	}
 	if !j.opts.AutoFinalize {
 		if j.opts.BlockJob {
 			j.r.emit.Emit("BLOCK_JOB_PENDING", map[string]any{"type": j.Type, "id": j.ID})
 		}
-		j.mu.Unlock()
-		return
+		j.signalStartedLocked()
+		for !j.finalizeReq && !j.cancelled {
+			j.cond.Wait()
+		}
+		if j.cancelled {
+			j.failLocked(ErrCancelled)
+			j.mu.Unlock()
+			j.abort()
+			return
+		}
 	}
 	j.mu.Unlock()
 	j.finalize()
 }
 
-// finalize runs the graph steps of a pending job and concludes it.
+// failLocked records why the job ends without success: the first error
+// counts; a cancel leaves no error of its own in the events.
+func (j *Job) failLocked(err error) {
+	if j.err == nil && !errors.Is(err, ErrCancelled) {
+		j.err = err
+	}
+}
+
+// change runs fn inside a graph change and commits it.
+func (j *Job) change(fn func(tx *block.Txn) error) error {
+	tx := j.r.g.Begin()
+	if err := fn(tx); err != nil {
+		tx.Abort()
+		return err
+	}
+	return tx.Commit()
+}
+
+// finalize makes the graph change of a job that succeeded and concludes it.
 func (j *Job) finalize() {
 	if fin, ok := j.body.(Finisher); ok {
-		tx := j.r.g.Begin()
-		err := fin.Prepare(tx)
-		if err == nil {
-			err = tx.Commit()
-		} else {
-			tx.Abort()
-		}
+		err := j.change(func(tx *block.Txn) error { return fin.Prepare(j.ctx, tx) })
 		if err != nil {
 			j.mu.Lock()
-			j.err = err
+			j.failLocked(err)
 			j.mu.Unlock()
 			j.abort()
 			return
 		}
 		fin.Commit()
 	}
+	j.clean()
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	j.completedEventLocked()
@@ -224,44 +245,52 @@ func (j *Job) finalize() {
 // abort ends a job that failed or was cancelled.
 func (j *Job) abort() {
 	j.mu.Lock()
+	j.aborted = true
 	j.moveLocked(Aborting)
 	j.mu.Unlock()
 	if fin, ok := j.body.(Finisher); ok {
-		tx := j.r.g.Begin()
-		fin.Abort(tx)
-		if err := tx.Commit(); err != nil {
+		if err := j.change(func(tx *block.Txn) error { fin.Abort(j.ctx, tx); return nil }); err != nil {
 			j.r.log.WithError(err).WithField("job", j.ID).Error("jobs: undoing a job's graph changes")
 		}
 	}
+	j.clean()
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.opts.BlockJob {
-		if j.cancelled && j.err == nil {
-			j.r.emit.Emit("BLOCK_JOB_CANCELLED", j.blockEventLocked())
-		} else {
-			j.completedEventLocked()
-		}
+	if j.cancelled && j.force && j.err == nil {
+		j.cancelledEventLocked()
+	} else {
+		j.completedEventLocked()
 	}
 	j.concludeLocked()
 }
 
-func (j *Job) completedEventLocked() {
-	if !j.opts.BlockJob {
+// clean runs the body's Clean and releases the nodes the job held.
+func (j *Job) clean() {
+	c, _ := j.body.(Cleaner)
+	j.mu.Lock()
+	roots := j.roots
+	j.roots = nil
+	j.mu.Unlock()
+	if c == nil && len(roots) == 0 {
 		return
 	}
-	d := j.blockEventLocked()
-	if j.err != nil {
-		d["error"] = j.err.Error()
+	err := j.change(func(tx *block.Txn) error {
+		if c != nil {
+			c.Clean(j.ctx, tx)
+		}
+		for _, r := range roots {
+			tx.Detach(r)
+		}
+		return nil
+	})
+	if err != nil {
+		j.r.log.WithError(err).WithField("job", j.ID).Error("jobs: cleaning up after a job")
 	}
-	j.r.emit.Emit("BLOCK_JOB_COMPLETED", d)
-}
-
-func (j *Job) blockEventLocked() map[string]any {
-	return map[string]any{"device": j.ID, "len": j.total, "offset": j.progress, "speed": j.speed, "type": j.Type}
 }
 
 func (j *Job) concludeLocked() {
 	j.moveLocked(Concluded)
+	j.signalStartedLocked()
 	if j.opts.AutoDismiss {
 		j.dismissLocked()
 	}
@@ -269,17 +298,11 @@ func (j *Job) concludeLocked() {
 
 func (j *Job) dismissLocked() {
 	j.moveLocked(Null)
-	j.r.mu.Lock()
-	for i, x := range j.r.jobs {
-		if x == j {
-			j.r.jobs = append(j.r.jobs[:i], j.r.jobs[i+1:]...)
-			break
-		}
-	}
-	j.r.mu.Unlock()
+	j.r.remove(j)
 }
 
 func (j *Job) verbErrorLocked(v Verb) error {
+	// compat(qsd-7.2)
 	return fmt.Errorf("Job '%s' in state '%s' cannot accept command verb '%s'", j.ID, j.status, v)
 }
 
@@ -294,76 +317,125 @@ func (j *Job) Dismiss() error {
 	return nil
 }
 
-// Finalize runs the graph steps of a pending job (auto-finalize off).
+// Finalize asks a pending job (auto-finalize off) to make its graph
+// change, and waits until it has concluded.
 func (j *Job) Finalize() error {
 	j.mu.Lock()
+	defer j.mu.Unlock()
 	if !accepts(VerbFinalize, j.status) {
-		defer j.mu.Unlock()
 		return j.verbErrorLocked(VerbFinalize)
 	}
-	j.mu.Unlock()
-	j.finalize()
+	j.finalizeReq = true
+	j.cond.Broadcast()
+	j.waitLocked(j.endedLocked)
 	return nil
 }
 
-// Cancel asks the job to stop. A pending job is aborted at once.
+// Cancel asks the job to stop. A user pause is lifted first (the job
+// shows "running" again, as in qsd). A hard cancel (force, or a body
+// that has no soft one) ends the job; Cancel waits for that, so the
+// job's events come before the reply.
 func (j *Job) Cancel(force bool) error {
 	j.mu.Lock()
 	if !accepts(VerbCancel, j.status) {
 		defer j.mu.Unlock()
 		return j.verbErrorLocked(VerbCancel)
 	}
-	j.cancelled = true
-	j.force = j.force || force
-	if j.status == Pending {
+	hard := true
+	if c, ok := j.body.(Canceler); ok && j.running {
 		j.mu.Unlock()
-		j.abort()
-		return nil
+		hard = c.Cancel(force)
+		j.mu.Lock()
 	}
-	j.cancel()
-	j.cond.Broadcast()
+	j.requestCancelLocked(hard)
+	j.waitLocked(j.endedLocked)
 	j.mu.Unlock()
 	return nil
 }
 
-// Pause asks the job to stop at its next pause point (Yield); it shows
-// as paused only once it has stopped there, as in QEMU.
+func (j *Job) requestCancelLocked(hard bool) {
+	if j.userPaused {
+		j.userPaused = false
+		j.ioStatus = IOStatusOK
+		j.unpauseLocked()
+	}
+	j.cancelled = true
+	j.force = j.force || hard
+	j.cond.Broadcast()
+}
+
+// CancelRequested reports whether a cancel (soft or hard) was asked for.
+func (j *Job) CancelRequested() bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.cancelled
+}
+
+// Pause asks the job to stop at its next pause point. If Run is waiting in
+// Yield the job is paused before Pause returns; if it is busy with I/O it
+// pauses when that is done, as in QEMU.
 func (j *Job) Pause() error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if !accepts(VerbPause, j.status) {
 		return j.verbErrorLocked(VerbPause)
 	}
-	if j.paused {
-		return fmt.Errorf("Job is already paused")
+	if j.userPaused {
+		return errors.New("Job is already paused")
 	}
-	j.paused = true
+	j.userPaused = true
+	j.pauseLocked()
+	j.waitLocked(func() bool { return !j.inYield || j.parked || !j.running })
 	return nil
 }
 
-// Resume lets a paused job go on.
+// Resume lets a paused job go on; it shows "running" (or "ready") again
+// before Resume returns.
 func (j *Job) Resume() error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if !j.paused {
-		return fmt.Errorf("Can't resume a job that was not paused")
+	if !j.userPaused {
+		return errors.New("Can't resume a job that was not paused")
 	}
 	if !accepts(VerbResume, j.status) {
 		return j.verbErrorLocked(VerbResume)
 	}
-	j.paused = false
-	j.cond.Broadcast()
+	j.userPaused = false
+	j.ioStatus = IOStatusOK
+	j.unpauseLocked()
 	return nil
 }
 
-// UserPaused reports whether job-pause is in effect.
+func (j *Job) pauseLocked() {
+	j.pauses++
+	j.cond.Broadcast()
+}
+
+// unpauseLocked drops one pause request; the last one moves a parked job
+// back at once, so that its event comes before the verb's reply.
+func (j *Job) unpauseLocked() {
+	j.pauses--
+	if j.pauses == 0 && j.parked {
+		j.parked = false
+		switch j.status {
+		case Paused:
+			j.moveLocked(Running)
+		case Standby:
+			j.moveLocked(Ready)
+		}
+	}
+	j.cond.Broadcast()
+}
+
+// UserPaused reports whether job-pause (or an on-error stop) is in effect.
 func (j *Job) UserPaused() bool {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	return j.paused
+	return j.userPaused
 }
 
-// SetSpeed changes the rate limit (bytes per second, 0 = none).
+// SetSpeed changes the rate limit (bytes per second, 0 = none); a
+// sleeping job recomputes its wait at once.
 func (j *Job) SetSpeed(speed int64) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -371,32 +443,145 @@ func (j *Job) SetSpeed(speed int64) error {
 		return j.verbErrorLocked(VerbSetSpeed)
 	}
 	if speed < 0 {
-		return fmt.Errorf("Parameter 'speed' expects a non-negative value")
+		return errSpeed
 	}
-	j.speed = speed
+	j.limit.setSpeed(speed)
 	j.cond.Broadcast()
 	return nil
 }
 
-// Yield is the job body's only pause point: while job-pause is in
-// effect the job moves to paused and waits here; it returns ErrCancelled
-// once the job is cancelled.
+// compat(qsd-7.2)
+var errSpeed = errors.New("Parameter 'speed' expects a non-negative value")
+
+// Complete asks a ready job to finish.
+func (j *Job) Complete() error {
+	j.mu.Lock()
+	if !accepts(VerbComplete, j.status) {
+		defer j.mu.Unlock()
+		return j.verbErrorLocked(VerbComplete)
+	}
+	c, ok := j.body.(Completer)
+	if !ok || j.cancelled {
+		defer j.mu.Unlock()
+		return fmt.Errorf("The active block job '%s' cannot be completed", j.ID)
+	}
+	j.mu.Unlock()
+	return c.Complete()
+}
+
+// SetQuiesce sets what Yield calls before it parks the job: the body's
+// way to let its requests in flight finish (nil: nothing to wait for).
+func (j *Job) SetQuiesce(fn func()) {
+	j.mu.Lock()
+	j.quiesce = fn
+	j.mu.Unlock()
+}
+
+// Yield is the body's pause point: it sleeps for the rate limit, parks
+// while the job is paused, and returns ErrCancelled once the job is
+// cancelled hard. See the package doc.
 func (j *Job) Yield(ctx context.Context) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.paused && !j.cancelled {
-		j.moveLocked(Paused)
-		j.busy = false
-		for j.paused && !j.cancelled {
-			j.cond.Wait()
+	j.signalStartedLocked()
+	j.inYield = true
+	j.cond.Broadcast()
+	defer func() {
+		j.inYield = false
+		j.parked = false
+	}()
+	for {
+		if j.cancelled && j.force {
+			return ErrCancelled
 		}
-		j.moveLocked(Running)
-		j.busy = true
+		if j.pauses > 0 {
+			j.parkLocked()
+			continue
+		}
+		d := j.limit.delay(j.r.clock.Now(), 0)
+		if d <= 0 {
+			return nil
+		}
+		j.sleepLocked(d)
 	}
-	if j.cancelled {
-		return ErrCancelled
+}
+
+// parkLocked waits while the job is paused: first for the body's requests
+// in flight (Quiesce), then parked, until the pause is lifted or the job
+// is cancelled hard.
+func (j *Job) parkLocked() {
+	if q := j.quiesce; q != nil {
+		j.mu.Unlock()
+		q()
+		j.mu.Lock()
+		if j.pauses == 0 || j.cancelled && j.force {
+			return
+		}
 	}
-	return nil
+	j.parked = true
+	switch j.status {
+	case Running:
+		j.moveLocked(Paused)
+	case Ready:
+		j.moveLocked(Standby)
+	}
+	j.cond.Broadcast()
+	for j.pauses > 0 && !(j.cancelled && j.force) {
+		j.cond.Wait()
+	}
+	// The last resume moved the job back already; a cancel did not.
+	if j.parked {
+		j.parked = false
+		switch j.status {
+		case Paused:
+			j.moveLocked(Running)
+		case Standby:
+			j.moveLocked(Ready)
+		}
+	}
+}
+
+// sleepLocked waits for d on the runner's clock, or until something
+// wakes the job (a verb, a drain).
+// Any wake-up makes Yield recompute the delay, so a speed change or a
+// verb takes effect at once.
+func (j *Job) sleepLocked(d time.Duration) {
+	t := j.r.clock.AfterFunc(d, func() {
+		j.mu.Lock()
+		j.cond.Broadcast()
+		j.mu.Unlock()
+	})
+	j.cond.Wait()
+	t.Stop()
+}
+
+// Ready moves a running job to ready (a mirror in sync); block jobs emit
+// BLOCK_JOB_READY.
+func (j *Job) Ready() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.status != Running {
+		return
+	}
+	j.moveLocked(Ready)
+	if j.opts.BlockJob {
+		j.r.emit.Emit("BLOCK_JOB_READY", j.blockEventLocked())
+	}
+}
+
+// SetTotal sets the job's total progress (query-jobs' total-progress,
+// the BLOCK_JOB_* "len").
+func (j *Job) SetTotal(total int64) {
+	j.mu.Lock()
+	j.total = total
+	j.mu.Unlock()
+}
+
+// AddProgress records n more bytes (or units) done.
+func (j *Job) AddProgress(n int64) {
+	j.mu.Lock()
+	j.progress += n
+	j.mu.Unlock()
 }
 
 // SetProgress records how far the job got.
@@ -406,7 +591,15 @@ func (j *Job) SetProgress(done, total int64) {
 	j.mu.Unlock()
 }
 
-// Wait blocks until the job's body has returned.
+// Processed accounts n bytes against the rate limit; the next Yield
+// waits as long as the limit requires.
+func (j *Job) Processed(n int64) {
+	j.mu.Lock()
+	j.limit.delay(j.r.clock.Now(), n)
+	j.mu.Unlock()
+}
+
+// Wait blocks until the job's goroutine has ended.
 func (j *Job) Wait() { <-j.done }
 
 // Info is a query-jobs entry.
@@ -419,32 +612,29 @@ type Info struct {
 	Error           string `json:"error,omitempty"`
 }
 
-// BlockInfo is what query-block-jobs says beyond Info.
-type BlockInfo struct {
-	Busy, Paused              bool
-	Speed                     int64
-	AutoFinalize, AutoDismiss bool
-}
-
-// BlockInfo describes the job for query-block-jobs.
-func (j *Job) BlockInfo() BlockInfo {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return BlockInfo{Busy: j.busy, Paused: j.paused, Speed: j.speed, AutoFinalize: j.opts.AutoFinalize, AutoDismiss: j.opts.AutoDismiss}
-}
-
 // Info describes the job for query-jobs.
 func (j *Job) Info() Info {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	i := Info{ID: j.ID, Type: j.Type, Status: string(j.status), CurrentProgress: j.progress, TotalProgress: j.total}
-	if j.err != nil {
-		i.Error = j.err.Error()
-	} else if j.cancelled && (j.status == Aborting || j.status == Concluded) {
-		i.Error = "Operation canceled"
-	}
-	return i
+	return Info{ID: j.ID, Type: j.Type, Status: string(j.status), CurrentProgress: j.progress, TotalProgress: j.total, Error: j.errorTextLocked()}
 }
+
+// errorTextLocked is the "error" member of queries: the job's error, or
+// qsd's text for a job that was cancelled.
+func (j *Job) errorTextLocked() string {
+	switch {
+	case j.err != nil:
+		return errorText(j.err)
+	case j.aborted && j.cancelled && j.force:
+		return ErrCancelled.Error()
+	}
+	return ""
+}
+
+// errorText is how a job's error reads in events and queries: an I/O
+// error as strerror's sentence ("Input/output error"), as QEMU reports
+// it; anything else its own message.
+func errorText(err error) string { return block.Strerror(err) }
 
 // Status is the job's current status.
 func (j *Job) Status() Status {
@@ -456,20 +646,9 @@ func (j *Job) Status() Status {
 // IsBlockJob reports whether the job is a block job.
 func (j *Job) IsBlockJob() bool { return j.opts.BlockJob }
 
-// Completer is implemented by bodies that wait in "ready" for
-// job-complete (mirror, active commit).
-type Completer interface{ Complete() error }
-
-// Complete asks a ready job to finish.
-func (j *Job) Complete() error {
+// Err is the error the job ended with, if any.
+func (j *Job) Err() error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if !accepts(VerbComplete, j.status) {
-		return j.verbErrorLocked(VerbComplete)
-	}
-	c, ok := j.body.(Completer)
-	if !ok {
-		return fmt.Errorf("The active block job '%s' cannot be completed", j.ID)
-	}
-	return c.Complete()
+	return j.err
 }

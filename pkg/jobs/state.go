@@ -45,13 +45,15 @@ const (
 	VerbDismiss  Verb = "dismiss"
 )
 
-// allowed lists the statuses in which each verb is accepted.
+// allowed lists the statuses in which each verb is accepted (QEMU 7.2's
+// JobVerbTable: a job that is already aborting cannot be cancelled again,
+// and a ready job paused into standby can still be completed).
 var allowed = map[Verb][]Status{
-	VerbCancel:   {Created, Running, Paused, Ready, Standby, Waiting, Pending, Aborting},
+	VerbCancel:   {Created, Running, Paused, Ready, Standby, Waiting, Pending},
 	VerbPause:    {Created, Running, Paused, Ready, Standby},
 	VerbResume:   {Created, Running, Paused, Ready, Standby},
 	VerbSetSpeed: {Created, Running, Paused, Ready, Standby},
-	VerbComplete: {Ready},
+	VerbComplete: {Ready, Standby},
 	VerbFinalize: {Pending},
 	VerbDismiss:  {Concluded},
 }

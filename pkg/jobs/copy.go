@@ -1,0 +1,202 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"sync"
+)
+
+// Copy is the loop every copying job shares (stream now; commit, mirror
+// and backup next): it walks [0, End) extent by extent, skips what need
+// not be copied, and copies the rest in chunks of at most Chunk bytes
+// with up to Parallel of them in flight, yielding (rate limit, pause,
+// cancel) before each chunk. Progress counts skipped and copied bytes;
+// the rate limit counts copied ones. Failed chunks go through the job's
+// on-error policy: reported, ignored (the job still ends with the error),
+// or retried once the user resumes the job. Memory is bounded by
+// Parallel × Chunk.
+type Copy struct {
+	Job      *Job
+	End      int64
+	Chunk    int64
+	Parallel int
+
+	// Extent describes the range that starts at off (at most max bytes,
+	// at least one): its length and whether it must be copied. Errors
+	// are treated as failed reads.
+	Extent func(ctx context.Context, off, max int64) (n int64, copy bool, err error)
+	// Do copies [off, off+len(buf)) using buf as it likes. Wrap an error
+	// with WriteError when the write side failed (BLOCK_JOB_ERROR's
+	// operation); anything else is a failed read.
+	Do func(ctx context.Context, off int64, buf []byte) error
+}
+
+// WriteError marks err as the failure of a write (see Copy.Do).
+func WriteError(err error) error { return &writeError{err} }
+
+type writeError struct{ error }
+
+func (e *writeError) Unwrap() error { return e.error }
+
+func isRead(err error) bool {
+	var w *writeError
+	return !errors.As(err, &w)
+}
+
+// copyState is what the dispatcher and the workers of one Run share.
+type copyState struct {
+	mu       sync.Mutex
+	cond     sync.Cond
+	inflight int     // guarded by mu
+	retry    []chunk // failed chunks to copy again (on-error stop); mu
+	fatal    error   // a reported error: stop; mu
+	ignored  error   // the first ignored error; mu
+	bufs     chan []byte
+}
+
+type chunk struct{ off, n int64 }
+
+// Run copies; it returns the error the job must end with (nil, a
+// reported or ignored error, or ErrCancelled), after every chunk in
+// flight has finished.
+func (c *Copy) Run(ctx context.Context) error {
+	j := c.Job
+	st := &copyState{bufs: make(chan []byte, c.Parallel)}
+	st.cond.L = &st.mu
+	for i := 0; i < c.Parallel; i++ {
+		st.bufs <- nil // allocated on first use, then reused
+	}
+	j.SetQuiesce(st.waitIdle)
+	defer j.SetQuiesce(nil)
+	err := c.dispatch(ctx, st)
+	st.waitIdle()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	switch {
+	case err != nil:
+		return err
+	case st.fatal != nil:
+		return st.fatal
+	}
+	return st.ignored
+}
+
+// dispatch walks the range and starts the copies.
+func (c *Copy) dispatch(ctx context.Context, st *copyState) error {
+	j := c.Job
+	var pending []chunk // the parts of the current extent not yet started
+	off := int64(0)
+	for {
+		if err := j.Yield(ctx); err != nil {
+			return err
+		}
+		st.mu.Lock()
+		if st.fatal != nil {
+			st.mu.Unlock()
+			return nil
+		}
+		if len(st.retry) > 0 {
+			pending = append(st.retry, pending...)
+			st.retry = nil
+		}
+		st.mu.Unlock()
+		if len(pending) == 0 {
+			if off >= c.End {
+				st.waitIdle()
+				st.mu.Lock()
+				again := len(st.retry) > 0
+				st.mu.Unlock()
+				if again {
+					continue
+				}
+				return nil
+			}
+			n, copy, err := c.Extent(ctx, off, c.End-off)
+			if err != nil {
+				switch j.IOError(err, true) {
+				case ActionReport:
+					st.fail(err)
+					return nil
+				case ActionIgnore:
+					st.ignore(err)
+					n = min(c.Chunk, c.End-off)
+					j.AddProgress(n)
+					off += n
+				}
+				continue // stop: the next Yield parks, then ask again
+			}
+			if !copy {
+				j.AddProgress(n)
+				off += n
+				continue
+			}
+			for o := off; o < off+n; o += c.Chunk {
+				pending = append(pending, chunk{o, min(c.Chunk, off+n-o)})
+			}
+			off += n
+		}
+		ch := pending[0]
+		pending = pending[1:]
+		j.Processed(ch.n)
+		c.start(ctx, st, ch)
+	}
+}
+
+// start copies one chunk in its own goroutine once a buffer is free.
+func (c *Copy) start(ctx context.Context, st *copyState, ch chunk) {
+	buf := <-st.bufs
+	if int64(cap(buf)) < c.Chunk {
+		buf = make([]byte, c.Chunk)
+	}
+	st.mu.Lock()
+	st.inflight++
+	st.mu.Unlock()
+	go func() {
+		err := c.Do(ctx, ch.off, buf[:ch.n])
+		st.bufs <- buf
+		if err == nil {
+			c.Job.AddProgress(ch.n)
+		} else {
+			switch c.Job.IOError(err, isRead(err)) {
+			case ActionReport:
+				st.fail(err)
+			case ActionIgnore:
+				st.ignore(err)
+				c.Job.AddProgress(ch.n)
+			case ActionStop:
+				st.mu.Lock()
+				st.retry = append(st.retry, ch)
+				st.mu.Unlock()
+			}
+		}
+		st.mu.Lock()
+		st.inflight--
+		st.cond.Broadcast()
+		st.mu.Unlock()
+	}()
+}
+
+func (st *copyState) fail(err error) {
+	st.mu.Lock()
+	if st.fatal == nil {
+		st.fatal = err
+	}
+	st.mu.Unlock()
+}
+
+func (st *copyState) ignore(err error) {
+	st.mu.Lock()
+	if st.ignored == nil {
+		st.ignored = err
+	}
+	st.mu.Unlock()
+}
+
+// waitIdle waits until no chunk is in flight (the job's Quiesce hook).
+func (st *copyState) waitIdle() {
+	st.mu.Lock()
+	for st.inflight > 0 {
+		st.cond.Wait()
+	}
+	st.mu.Unlock()
+}

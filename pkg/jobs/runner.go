@@ -1,0 +1,126 @@
+package jobs
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/blockd/blockd/pkg/block"
+)
+
+// Runner owns every job.
+type Runner struct {
+	emit  Emitter
+	log   logrus.FieldLogger
+	g     *block.Graph // for the jobs' graph steps
+	clock block.Clock
+
+	mu   sync.Mutex
+	jobs []*Job // creation order; guarded by mu
+	wg   sync.WaitGroup
+}
+
+// NewRunner returns a runner for jobs on graph g that emits events
+// through emit; clock nil is the wall clock.
+func NewRunner(g *block.Graph, emit Emitter, log logrus.FieldLogger, clock block.Clock) *Runner {
+	if log == nil {
+		l := logrus.New()
+		l.SetLevel(logrus.PanicLevel)
+		log = l
+	}
+	if clock == nil {
+		clock = block.RealClock()
+	}
+	return &Runner{emit: emit, log: log, g: g, clock: clock}
+}
+
+// Find returns the job with id, or nil.
+func (r *Runner) Find(id string) *Job {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, j := range r.jobs {
+		if j.ID == id {
+			return j
+		}
+	}
+	return nil
+}
+
+// Jobs lists the jobs in creation order.
+func (r *Runner) Jobs() []*Job {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.jobs)
+}
+
+func (r *Runner) remove(j *Job) {
+	r.mu.Lock()
+	r.jobs = slices.DeleteFunc(r.jobs, func(x *Job) bool { return x == j })
+	r.mu.Unlock()
+}
+
+// Start creates a job and starts its body (see the package doc): Setup
+// inside a graph change, "created", the speed check, the change
+// committed, "running", and the body's goroutine, whose first Yield (or
+// end) Start waits for.
+func (r *Runner) Start(ctx context.Context, id, typ string, body Body, opts Options) (*Job, error) {
+	j := newJob(r, id, typ, body, opts)
+	tx := r.g.Begin()
+	defer tx.Abort()
+	if s, ok := body.(Setupper); ok {
+		if err := s.Setup(ctx, tx, j); err != nil {
+			return nil, err
+		}
+	}
+	if !block.ValidID(id) {
+		// compat(qsd-7.2): a block job without job-id has the device's
+		// name, which is "" in qsd.
+		return nil, fmt.Errorf("Invalid job ID '%s'", id)
+	}
+	r.mu.Lock()
+	if slices.ContainsFunc(r.jobs, func(x *Job) bool { return x.ID == id }) {
+		r.mu.Unlock()
+		return nil, fmt.Errorf("Job ID '%s' already in use", id)
+	}
+	r.jobs = append(r.jobs, j)
+	r.mu.Unlock()
+
+	j.mu.Lock()
+	j.moveLocked(Created)
+	err := error(nil)
+	if opts.Speed < 0 {
+		err = errSpeed
+	} else {
+		err = tx.Commit()
+	}
+	if err != nil {
+		j.roots = nil
+		j.moveLocked(Null)
+		j.mu.Unlock()
+		r.remove(j)
+		return nil, err
+	}
+	j.moveLocked(Running)
+	j.running = true
+	j.mu.Unlock()
+	r.wg.Add(1)
+	go j.run()
+	<-j.started
+	return j, nil
+}
+
+// Close cancels every job that has not ended (pending ones included:
+// their abort runs) and waits for their goroutines (daemon shutdown).
+func (r *Runner) Close() {
+	for _, j := range r.Jobs() {
+		j.mu.Lock()
+		if !j.endedLocked() && j.status != Aborting {
+			j.requestCancelLocked(true)
+		}
+		j.mu.Unlock()
+	}
+	r.wg.Wait()
+}
