@@ -65,6 +65,11 @@
 //   - Frees: a refcount is decremented only after the metadata that
 //     dropped the reference was written and flushed (pending frees,
 //     applied by Flush), and after no request uses the cluster (ioGate).
+//   - Backing file name (ChangeBackingFile, for stream and commit):
+//     everything cached is written back and the file flushed before the
+//     one write of the header that names the new backing, which is
+//     flushed too; the extension area is rebuilt from the cluster on
+//     disk, so extensions of other tools survive.
 //
 // With lazy refcounts the dirty bit is set (and flushed) before the first
 // metadata change; refcount blocks and L2 tables are then written without

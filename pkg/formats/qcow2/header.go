@@ -285,8 +285,9 @@ func (h *header) readExtensions(buf []byte, start, end uint64) error {
 			h.hasDataFile = true
 			h.dataFile = string(data)
 		default:
-			// Unknown extensions are kept: this driver never rewrites the
-			// extension area of an existing image, only fixed header fields.
+			// Unknown extensions are kept: the extension area of an
+			// existing image is only rewritten by ChangeBackingFile, which
+			// copies every extension but the backing format byte for byte.
 		}
 		if typ == extBackingFormat || typ == extBitmaps || typ == extDataFile {
 			if seen[typ] {
