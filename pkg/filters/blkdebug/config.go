@@ -10,7 +10,6 @@ import (
 	"syscall"
 
 	"github.com/blockd/blockd/pkg/block"
-	"github.com/blockd/blockd/pkg/filters/internal/errno"
 )
 
 // readConfig reads the rules of a blkdebug config file: QEMU's ini-style
@@ -23,7 +22,7 @@ func readConfig(path string) ([]*rule, error) {
 		if !errors.As(err, &e) {
 			e = syscall.EIO
 		}
-		return nil, block.Errorf(block.ErrInvalid, "Could not read blkdebug config file: %s", errno.Strerror(e))
+		return nil, block.Errorf(block.ErrInvalid, "Could not read blkdebug config file: %s", block.Strerror(e))
 	}
 	defer f.Close()
 	bad := block.Errorf(block.ErrInvalid, "Could not parse blkdebug config file")

@@ -5,7 +5,7 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/blockd/blockd/pkg/filters/internal/errno"
+	"github.com/blockd/blockd/pkg/block"
 )
 
 // rule is an inject-error or set-state rule.
@@ -120,5 +120,5 @@ func (rs *rules) check(t IOType, off, n int64) error {
 		return nil
 	}
 	rs.injected++
-	return errno.New(syscall.Errno(r.errno))
+	return block.ErrnoError(syscall.Errno(r.errno))
 }

@@ -11,7 +11,6 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/blockd/blockd/pkg/block"
-	"github.com/blockd/blockd/pkg/filters/internal/errno"
 )
 
 // Options are BlockdevOptionsQuorum's members.
@@ -140,7 +139,7 @@ func (q *Quorum) Size(ctx context.Context) (int64, error) {
 	size := q.children[0].Size()
 	for _, c := range q.children[1:] {
 		if c.Size() != size {
-			return 0, block.Errorf(block.ErrInvalid, "Could not refresh total sector count: %w", errno.New(syscall.EIO))
+			return 0, block.Errorf(block.ErrInvalid, "Could not refresh total sector count: %w", block.ErrnoError(syscall.EIO))
 		}
 	}
 	return size, nil
@@ -173,7 +172,7 @@ func (q *Quorum) reportBad(typ string, c *block.Child, off, n int64, err error) 
 		ev.SectorNum, ev.SectorsCount = sectors(off, n)
 	}
 	if err != nil {
-		ev.Error = errno.Strerror(errno.Of(err))
+		ev.Error = block.Strerror(block.ErrnoOf(err))
 	}
 	q.node.Graph().Emit("QUORUM_REPORT_BAD", ev)
 }
@@ -192,7 +191,7 @@ func voteError(errs []error) error {
 		if err == nil {
 			continue
 		}
-		e := errno.Of(err)
+		e := block.ErrnoOf(err)
 		if counts[e] == 0 {
 			vals = append(vals, e)
 		}
@@ -204,7 +203,7 @@ func voteError(errs []error) error {
 			best, n = vals[i], counts[vals[i]]
 		}
 	}
-	return errno.New(best)
+	return block.ErrnoError(best)
 }
 
 // each runs fn for every child in parallel and returns the errors.
@@ -283,7 +282,7 @@ func (q *Quorum) readQuorum(ctx context.Context, p []byte, off int64, fl block.F
 				// compat(qsd-7.2): QEMU prints this and exits the whole
 				// process; blockd fails the request instead.
 				q.log.Errorf("quorum: offset=%d bytes=%d contents mismatch at offset %d", off, n, off+int64(j))
-				return fmt.Errorf("quorum: offset=%d bytes=%d contents mismatch at offset %d: %w", off, n, off+int64(j), errno.New(syscall.EIO))
+				return fmt.Errorf("quorum: offset=%d bytes=%d contents mismatch at offset %d: %w", off, n, off+int64(j), block.ErrnoError(syscall.EIO))
 			}
 			continue
 		}
@@ -323,7 +322,7 @@ func (q *Quorum) readQuorum(ctx context.Context, p []byte, off int64, fl block.F
 	}
 	if len(win.members) < q.threshold {
 		q.reportFailure(off, n)
-		return errno.New(syscall.EIO)
+		return block.ErrnoError(syscall.EIO)
 	}
 	copy(p, win.data)
 	var bad []int

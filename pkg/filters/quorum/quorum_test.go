@@ -13,7 +13,6 @@ import (
 
 	"github.com/blockd/blockd/pkg/block"
 	"github.com/blockd/blockd/pkg/block/blocktest"
-	"github.com/blockd/blockd/pkg/filters/internal/errno"
 	"github.com/blockd/blockd/pkg/filters/internal/filtertest"
 	"github.com/blockd/blockd/pkg/filters/quorum"
 )
@@ -101,7 +100,7 @@ func init() {
 	})
 }
 
-func (b *broken) err() error                                    { return errno.New(b.errno) }
+func (b *broken) err() error                                    { return block.ErrnoError(b.errno) }
 func (b *broken) Caps() block.Caps                              { return block.Caps{Zero: true, BlockStatus: true} }
 func (b *broken) Size(ctx context.Context) (int64, error)       { return b.size, nil }
 func (b *broken) Flush(ctx context.Context) error               { return b.err() }
