@@ -141,7 +141,7 @@ func (c *Child) WriteAt(ctx context.Context, p []byte, off int64, f Flags) error
 		n.Stats.InvalidWr.Add(1)
 		return err
 	}
-	err := n.writeAt(ctx, p, off, f)
+	err := n.writeAtEvents(ctx, p, off, f)
 	if err != nil {
 		n.Stats.FailedWr.Add(1)
 		return err
@@ -282,7 +282,7 @@ func (c *Child) Zero(ctx context.Context, off, length int64, f Flags) error {
 		n.Stats.InvalidWr.Add(1)
 		return err
 	}
-	err := n.zero(ctx, off, length, f)
+	err := n.zeroEvents(ctx, off, length, f)
 	if err != nil {
 		if !errors.Is(err, ErrNotSupported) {
 			n.Stats.FailedWr.Add(1)
@@ -367,7 +367,7 @@ func (c *Child) Discard(ctx context.Context, off, length int64) error {
 // Flush makes every write that completed before the call durable.
 func (c *Child) Flush(ctx context.Context) error {
 	n := c.Node()
-	err := n.impl.Flush(ctx)
+	err := n.flushEvents(ctx)
 	if err != nil {
 		n.Stats.FailedFlush.Add(1)
 		return err
