@@ -173,6 +173,8 @@ func openFilter(ctx context.Context, o *block.Opener, opts *FilterOptions) (bloc
 
 // COWOptions configure a minimal copy-on-write format: data in "file",
 // a per-sector allocation map in memory, unallocated reads from "backing".
+// Like QEMU's formats, it fires read_aio, read_backing_aio and write_aio
+// into its file (block.DebugEvent).
 type COWOptions struct {
 	File    block.NodeRef        `json:"file"`
 	Backing *block.NodeRefOrNull `json:"backing,omitempty"`
@@ -211,8 +213,10 @@ func (c *cow) ReadAt(ctx context.Context, p []byte, off int64, f block.Flags) er
 		var err error
 		switch {
 		case a:
+			block.DebugEvent(c.file, block.DebugReadAIO)
 			err = c.file.ReadAt(ctx, p[:k], off, f)
 		case c.backing != nil:
+			block.DebugEvent(c.file, block.DebugReadBackingAIO)
 			err = c.backing.ReadAt(ctx, p[:k], off, f)
 		default:
 			clear(p[:k])
@@ -227,6 +231,7 @@ func (c *cow) ReadAt(ctx context.Context, p []byte, off int64, f block.Flags) er
 
 // WriteAt writes whole sectors only (tests use aligned writes).
 func (c *cow) WriteAt(ctx context.Context, p []byte, off int64, f block.Flags) error {
+	block.DebugEvent(c.file, block.DebugWriteAIO)
 	if err := c.file.WriteAt(ctx, p, off, f); err != nil {
 		return err
 	}

@@ -1,5 +1,10 @@
 // Package raw is the raw format driver: the image is the file's bytes,
 // optionally a window of them (offset and size).
+//
+// As QEMU's raw format does, it fires the debug events read_aio before
+// every read and write_aio before every write into its file (a blkdebug
+// node there arms its rules on them); write-zeroes, discard and flush
+// fire none of their own.
 package raw
 
 import (
@@ -73,10 +78,12 @@ func (d *raw) Size(ctx context.Context) (int64, error) {
 }
 
 func (d *raw) ReadAt(ctx context.Context, p []byte, off int64, f block.Flags) error {
+	block.DebugEvent(d.file, block.DebugReadAIO)
 	return d.file.ReadAt(ctx, p, off+d.offset, f)
 }
 
 func (d *raw) WriteAt(ctx context.Context, p []byte, off int64, f block.Flags) error {
+	block.DebugEvent(d.file, block.DebugWriteAIO)
 	return d.file.WriteAt(ctx, p, off+d.offset, f)
 }
 
