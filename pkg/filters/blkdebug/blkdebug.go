@@ -20,6 +20,8 @@ type Filter struct {
 	optDiscard, maxDiscard     int64
 }
 
+var _ block.DebugEventer = (*Filter)(nil)
+
 // intMax is C's INT_MAX, QEMU's bound on the limits.
 const intMax = math.MaxInt32
 
@@ -176,7 +178,13 @@ func (f *Filter) SetState(r SetStateOptions) error {
 	return nil
 }
 
-// Fire makes event ev happen, as a format driver above would.
+// DebugEvent implements block.DebugEventer: a driver above fired ev into
+// the node (or the generic layer did, on a write to it or a flush of its
+// parent).
+func (f *Filter) DebugEvent(ev string) { f.rules.fire(Event(ev)) }
+
+// Fire makes event ev happen, as a format driver above would; unlike
+// DebugEvent it refuses names that are not BlkdebugEvent values.
 func (f *Filter) Fire(ev Event) error {
 	if !slices.Contains(events, string(ev)) {
 		return enumError("event", string(ev))
@@ -212,7 +220,6 @@ func (f *Filter) Caps() block.Caps {
 }
 
 func (f *Filter) ReadAt(ctx context.Context, p []byte, off int64, fl block.Flags) error {
-	f.rules.fire(EventReadAIO)
 	if err := f.rules.check(IORead, off, int64(len(p))); err != nil {
 		return err
 	}
@@ -220,13 +227,6 @@ func (f *Filter) ReadAt(ctx context.Context, p []byte, off int64, fl block.Flags
 }
 
 func (f *Filter) WriteAt(ctx context.Context, p []byte, off int64, fl block.Flags) error {
-	f.rules.fire(EventWriteAIO)
-	f.rules.fire(EventPwritev)
-	defer f.rules.fire(EventPwritevDone)
-	return f.write(ctx, p, off, fl)
-}
-
-func (f *Filter) write(ctx context.Context, p []byte, off int64, fl block.Flags) error {
 	if err := f.rules.check(IOWrite, off, int64(len(p))); err != nil {
 		return err
 	}
@@ -239,8 +239,6 @@ var zeroes = make([]byte, 64<<10)
 // max-write-zero; the unaligned head and tail are written as zeroes (the
 // fallback QEMU's generic layer takes), unless the caller forbids that.
 func (f *Filter) Zero(ctx context.Context, off, n int64, fl block.Flags) error {
-	f.rules.fire(EventPwritevZero)
-	defer f.rules.fire(EventPwritevDone)
 	a := max(f.Caps().Limits.RequestAlign, f.optWriteZero, 1)
 	end := off + n
 	lo, hi := min(alignUp(off, a), end), max(alignDown(end, a), off)
@@ -256,7 +254,7 @@ func (f *Filter) Zero(ctx context.Context, off, n int64, fl block.Flags) error {
 		}
 		for o := r[0]; o < r[1]; {
 			k := min(r[1]-o, int64(len(zeroes)))
-			if err := f.write(ctx, zeroes[:k], o, fl&^(block.FlagMayUnmap|block.FlagNoFallback)); err != nil {
+			if err := f.WriteAt(ctx, zeroes[:k], o, fl&^(block.FlagMayUnmap|block.FlagNoFallback)); err != nil {
 				return err
 			}
 			o += k
@@ -285,8 +283,6 @@ func (f *Filter) Discard(ctx context.Context, off, n int64) error {
 }
 
 func (f *Filter) Flush(ctx context.Context) error {
-	f.rules.fire(EventFlushToOS)
-	f.rules.fire(EventFlushToDisk)
 	if err := f.rules.check(IOFlush, 0, 0); err != nil {
 		return err
 	}

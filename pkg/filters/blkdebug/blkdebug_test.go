@@ -16,6 +16,7 @@ import (
 	"github.com/blockd/blockd/pkg/block/blocktest"
 	"github.com/blockd/blockd/pkg/filters/blkdebug"
 	"github.com/blockd/blockd/pkg/filters/internal/filtertest"
+	_ "github.com/blockd/blockd/pkg/formats/raw"
 )
 
 func build(t testing.TB, g *block.Graph, mem string) (*block.Node, []*block.Node) {
@@ -49,14 +50,23 @@ func TestConformance(t *testing.T) {
 	})
 }
 
-// node opens a blkdebug node "dbg" over a memory node "base" with the
-// given extra options and returns it with a root that reads and writes.
-func node(t *testing.T, extra string) (*block.Node, *block.Root) {
+// env is a raw format "top" over a blkdebug node "dbg" over a memory
+// node "base": raw fires read_aio and write_aio into dbg, as QEMU's raw
+// does, and the generic layer the write and flush events.
+type env struct {
+	dbg  *block.Node
+	r    *block.Root  // on top; reads and writes
+	edge *block.Child // top -> dbg
+}
+
+// node opens the env with the given extra options for dbg.
+func node(t *testing.T, extra string) env {
 	t.Helper()
 	g := blocktest.NewGraph()
 	blocktest.Open(t, g, `{"driver":"blocktest-mem","node-name":"base","size":1048576,"discard":"unmap"}`)
 	n := blocktest.Open(t, g, `{"driver":"blkdebug","node-name":"dbg","discard":"unmap","image":"base"`+extra+`}`)
-	return n, blocktest.NewRoot(t, n, block.PermConsistentRead|block.PermWrite, block.PermAll)
+	top := blocktest.Open(t, g, `{"driver":"raw","node-name":"top","discard":"unmap","file":"dbg"}`)
+	return env{dbg: n, r: blocktest.NewRoot(t, top, block.PermConsistentRead|block.PermWrite, block.PermAll), edge: top.Children()[0]}
 }
 
 // errnoOf is the errno of err, or 0.
@@ -73,7 +83,8 @@ type request struct {
 	off, len int64
 }
 
-func (r request) do(ctx context.Context, root *block.Root) error {
+func (r request) do(ctx context.Context, e env) error {
+	root := e.r
 	switch r.kind {
 	case "read":
 		return root.ReadAt(ctx, make([]byte, r.len), r.off, 0)
@@ -86,10 +97,9 @@ func (r request) do(ctx context.Context, root *block.Root) error {
 	case "flush":
 		return root.Flush(ctx)
 	case "status":
-		return root.Do(func(c *block.Child) error {
-			_, err := c.BlockStatus(ctx, r.off, r.len)
-			return err
-		})
+		// raw answers block status without asking its file: ask dbg.
+		_, err := e.edge.BlockStatus(ctx, r.off, r.len)
+		return err
 	}
 	panic("unknown request kind " + r.kind)
 }
@@ -161,14 +171,14 @@ func TestInjection(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx := context.Background()
-			n, r := node(t, tt.opts)
+			e := node(t, tt.opts)
 			for i, req := range tt.reqs {
-				err := req.do(ctx, r)
+				err := req.do(ctx, e)
 				if got := errnoOf(err); got != tt.want[i] || (err != nil) != (tt.want[i] != 0) {
 					t.Errorf("request %d (%s %d+%d): %v, want errno %d", i, req.kind, req.off, req.len, err, tt.want[i])
 				}
 			}
-			f, _ := blkdebug.Of(n)
+			f, _ := blkdebug.Of(e.dbg)
 			if got := f.State(); got != tt.state {
 				t.Errorf("state %d, want %d", got, tt.state)
 			}
@@ -176,9 +186,59 @@ func TestInjection(t *testing.T) {
 	}
 }
 
+// TestOwnRequests: blkdebug fires no event for the requests it gets (in
+// QEMU read_aio and write_aio come from the format above); only the
+// generic layer's write events reach it, and a flush of the node fires
+// into its child, not into it.
+func TestOwnRequests(t *testing.T) {
+	tests := []struct {
+		rule string
+		reqs []request
+		want []syscall.Errno
+	}{
+		{`{"event":"read_aio"}`, []request{{"read", 0, 512}, {"write", 0, 512}}, []syscall.Errno{0, 0}},
+		{`{"event":"write_aio"}`, []request{{"write", 0, 512}, {"read", 0, 512}}, []syscall.Errno{0, 0}},
+		{`{"event":"pwritev","iotype":"write"}`, []request{{"read", 0, 512}, {"zero", 0, 512}, {"write", 0, 512}}, []syscall.Errno{0, 0, syscall.EIO}},
+		{`{"event":"pwritev_zero","iotype":"write-zeroes"}`, []request{{"write", 0, 512}, {"zero", 0, 65536}}, []syscall.Errno{0, syscall.EIO}},
+		{`{"event":"pwritev_done","iotype":"read"}`, []request{{"read", 0, 512}, {"write", 0, 512}, {"read", 0, 512}}, []syscall.Errno{0, 0, syscall.EIO}},
+		{`{"event":"flush_to_disk"}`, []request{{"flush", 0, 0}, {"read", 0, 512}}, []syscall.Errno{0, 0}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.rule, func(t *testing.T) {
+			ctx := context.Background()
+			g := blocktest.NewGraph()
+			n := blocktest.Open(t, g, `{"driver":"blkdebug","node-name":"dbg","image":{"driver":"blocktest-mem","size":1048576},"inject-error":[`+tt.rule+`]}`)
+			e := env{dbg: n, r: blocktest.NewRoot(t, n, block.PermConsistentRead|block.PermWrite, block.PermAll)}
+			for i, req := range tt.reqs {
+				if got := errnoOf(req.do(ctx, e)); got != tt.want[i] {
+					t.Errorf("request %d (%s): errno %d, want %d", i, req.kind, got, tt.want[i])
+				}
+			}
+		})
+	}
+}
+
+// TestDebugEvent: events fired into the node through block.DebugEvent
+// arm its rules; names outside BlkdebugEvent change nothing.
+func TestDebugEvent(t *testing.T) {
+	ctx := context.Background()
+	e := node(t, `,"inject-error":[{"event":"l2_load","iotype":"read","once":true}],"set-state":[{"event":"l2_load","new_state":2}]`)
+	block.DebugEvent(e.edge, "bogus")
+	if err := e.r.ReadAt(ctx, make([]byte, 512), 0, 0); err != nil {
+		t.Fatalf("read before l2_load: %v", err)
+	}
+	block.DebugEvent(e.edge, block.DebugL2Load)
+	if err := e.r.ReadAt(ctx, make([]byte, 512), 0, 0); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("read after l2_load: %v", err)
+	}
+	if f, _ := blkdebug.Of(e.dbg); f.State() != 2 {
+		t.Errorf("state %d after l2_load", f.State())
+	}
+}
+
 func TestErrorText(t *testing.T) {
-	_, r := node(t, `,"inject-error":[{"event":"read_aio"}]`)
-	err := r.ReadAt(context.Background(), make([]byte, 512), 0, 0)
+	e := node(t, `,"inject-error":[{"event":"read_aio"}]`)
+	err := e.r.ReadAt(context.Background(), make([]byte, 512), 0, 0)
 	// compat(qsd-7.2): jobs report it as "Input/output error" (transcript h).
 	if err == nil || err.Error() != "Input/output error" || !errors.Is(err, syscall.EIO) {
 		t.Fatalf("error %v", err)
@@ -187,7 +247,8 @@ func TestErrorText(t *testing.T) {
 
 func TestInjectAPI(t *testing.T) {
 	ctx := context.Background()
-	n, r := node(t, "")
+	e := node(t, "")
+	n, r := e.dbg, e.r
 	if err := blkdebug.Inject(n, blkdebug.InjectErrorOptions{Event: "bogus"}); err == nil {
 		t.Fatal("unknown event accepted")
 	}
@@ -246,7 +307,8 @@ new_state = "4"
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	n, r := node(t, fmt.Sprintf(`,"config":%q`, conf))
+	e := node(t, fmt.Sprintf(`,"config":%q`, conf))
+	n, r := e.dbg, e.r
 	if err := r.ReadAt(ctx, make([]byte, 4096), 4096, 0); !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("read: %v", err)
 	}
@@ -383,7 +445,7 @@ func TestLimits(t *testing.T) {
 			blocktest.Open(t, g, `{"driver":"blkdebugtest-recorder","node-name":"rec","size":1048576,"discard":"unmap"}`)
 			n := blocktest.Open(t, g, `{"driver":"blkdebug","node-name":"dbg","discard":"unmap","image":"rec",`+tt.opts+`}`)
 			r := blocktest.NewRoot(t, n, block.PermConsistentRead|block.PermWrite, block.PermAll)
-			if err := tt.req.do(ctx, r); err != nil {
+			if err := tt.req.do(ctx, env{dbg: n, r: r}); err != nil {
 				t.Fatal(err)
 			}
 			v, _ := recorders.Load("rec")

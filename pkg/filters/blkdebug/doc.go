@@ -32,7 +32,7 @@
 // Errors are syscall.Errno values wrapped so that errors.As finds them
 // and Error() is strerror's text ("Input/output error", as qsd reports it).
 //
-// Example: fail the third read of the node, once:
+// Example: fail the third read the format above makes, once:
 //
 //	"set-state": [{"event": "read_aio", "state": 1, "new_state": 2},
 //	              {"event": "read_aio", "state": 2, "new_state": 3}],
@@ -41,21 +41,31 @@
 // # Events
 //
 // Rules accept every BlkdebugEvent name (unknown ones: "Parameter 'event'
-// does not accept value 'x'"). Most of them are fired by QEMU's qcow2 from
-// inside the driver above blkdebug (l2_load, cluster_alloc, ...); blockd's
-// formats fire none, so rules on them only arm through Fire. blkdebug
-// fires, on its own requests:
+// does not accept value 'x'"). As in QEMU, blkdebug fires no event for
+// the requests it gets, apart from "none" once when it is opened. Events
+// come from above, through block.DebugEvent (Filter implements
+// block.DebugEventer):
 //
-//	"none"                         once, when the node is opened
-//	"read_aio"                     before every read
-//	"write_aio", "pwritev"         before every write
-//	"pwritev_zero"                 before every write-zeroes
-//	"pwritev_done"                 after every write and write-zeroes
-//	"flush_to_os", "flush_to_disk" before every flush
+//   - the driver whose child the node is fires its steps into it: a
+//     format reads guest data after read_aio and writes it after
+//     write_aio; qcow2 also fires l2_load, l2_update, cluster_alloc,
+//     refblock_load, cow_read ... (pkg/formats/qcow2 lists them);
+//   - the generic layer fires pwritev (or pwritev_zero) and pwritev_done
+//     around every write (write-zeroes) to the node, and flush_to_os and
+//     flush_to_disk into it before the node above it is flushed.
 //
-// In QEMU, read_aio and write_aio come from the format above (qcow2, for
-// guest data) rather than from blkdebug itself, so under a format a rule
-// armed by read_aio also sees that format's metadata reads in blockd.
+// Only the node a driver fires into sees the event: under a raw format
+// under qcow2, a blkdebug node sees raw's read_aio for every read,
+// including qcow2's metadata reads, and never qcow2's l2_load. Directly
+// under an export or a job, it sees only the generic layer's events.
+// Fire, and block.DebugEvent, play a driver's event in tests.
+//
+// Example: fail the first read of guest data at host sector 1024 of a
+// qcow2 image, once:
+//
+//	{"driver": "qcow2", "file": {"driver": "blkdebug",
+//	  "image": {"driver": "file", "filename": "x.qcow2"},
+//	  "inject-error": [{"event": "read_aio", "sector": 1024, "once": true}]}}
 //
 // # Limits
 //

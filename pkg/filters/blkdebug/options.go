@@ -74,8 +74,11 @@ var events = []string{
 // EnumValues implements qmp.Enum.
 func (Event) EnumValues() []string { return events }
 
-// The events blockd fires; the others are accepted in rules but never
-// happen (QEMU's formats fire them from inside; blockd's do not).
+// Names of some events (block's Debug* constants list all that blockd
+// fires): formats fire read_aio and write_aio into their file, the
+// generic layer fires pwritev, pwritev_zero and pwritev_done on the node
+// written and flush_to_os and flush_to_disk into the primary child of the
+// node flushed, and blkdebug fires none when it opens.
 const (
 	EventReadAIO     Event = "read_aio"
 	EventWriteAIO    Event = "write_aio"
