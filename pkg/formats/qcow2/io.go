@@ -45,6 +45,7 @@ func (q *image) read(ctx context.Context, p []byte, off int64) error {
 func (q *image) readExtent(ctx context.Context, p []byte, x extent) error {
 	switch x.kind {
 	case eData:
+		q.event(block.DebugReadAIO)
 		if err := q.file.ReadAt(ctx, p, x.host, 0); err != nil {
 			return q.ioError("read", err)
 		}
@@ -70,6 +71,7 @@ func (q *image) readBacking(ctx context.Context, p []byte, off int64) error {
 		clear(p)
 		return nil
 	}
+	q.event(block.DebugReadBackingAIO)
 	bsize := q.backing.Size()
 	if off >= bsize {
 		clear(p)
@@ -99,6 +101,7 @@ func (q *image) putClusterBuf(b []byte) {
 // readCompressed reads and inflates the compressed cluster at coff.
 func (q *image) readCompressed(ctx context.Context, dst []byte, coff, csize int64) error {
 	src := make([]byte, csize)
+	q.event(block.DebugReadCompressed)
 	if err := q.file.ReadAt(ctx, src, coff, 0); err != nil {
 		return q.ioError("read", err)
 	}
@@ -192,6 +195,7 @@ func (q *image) writeStep(ctx context.Context, p []byte, off int64) (int64, erro
 			return 0, err
 		}
 		q.mu.Unlock()
+		q.event(block.DebugWriteAIO)
 		if err := q.file.WriteAt(ctx, p[:total], host, 0); err != nil {
 			return 0, q.ioError("write", err)
 		}
@@ -432,6 +436,7 @@ func (w *allocWrite) writeData(ctx context.Context, data []byte) error {
 	}
 	dataHost := w.host + (w.off - w.gc<<q.clusterBits)
 	if len(fs) == 0 {
+		q.event(block.DebugWriteAIO)
 		if err := q.file.WriteAt(ctx, data, dataHost, 0); err != nil {
 			return q.ioError("write", err)
 		}
@@ -447,16 +452,19 @@ func (w *allocWrite) writeData(ctx context.Context, data []byte) error {
 			copy(buf[f.off-lo:], f.buf)
 		}
 		copy(buf[dataHost-lo:], data)
+		q.event(block.DebugCOWWrite)
 		if err := q.file.WriteAt(ctx, buf, lo, 0); err != nil {
 			return q.ioError("write", err)
 		}
 		return nil
 	}
 	for _, f := range fs {
+		q.event(block.DebugCOWWrite)
 		if err := q.file.WriteAt(ctx, f.buf, f.off, 0); err != nil {
 			return q.ioError("write", err)
 		}
 	}
+	q.event(block.DebugWriteAIO)
 	if err := q.file.WriteAt(ctx, data, dataHost, 0); err != nil {
 		return q.ioError("write", err)
 	}
@@ -468,12 +476,14 @@ func (w *allocWrite) readOld(ctx context.Context, i int, pc piece, buf []byte) e
 	q := w.q
 	o := &w.old[i]
 	gstart := (w.gc + int64(i)) << q.clusterBits
+	q.event(block.DebugCOWRead)
 	switch pc.src {
 	case subZero:
 		clear(buf)
 	case subUnalloc:
 		return q.readBacking(ctx, buf, gstart+pc.a)
 	case subData:
+		q.event(block.DebugReadAIO)
 		if err := q.file.ReadAt(ctx, buf, o.host+pc.a, 0); err != nil {
 			return q.ioError("read", err)
 		}

@@ -3,6 +3,8 @@ package qcow2
 import (
 	"context"
 	"encoding/binary"
+
+	"github.com/blockd/blockd/pkg/block"
 )
 
 // Cluster mapping: the L1 table (in memory) points at L2 tables (cached
@@ -237,6 +239,7 @@ func (q *image) l2ForWriteLocked(ctx context.Context, l1i int64) (int64, error) 
 	table := make([]byte, q.clusterSize)
 	if old != 0 {
 		// A shared table is never changed in place, so the file holds it.
+		q.event(block.DebugL2AllocCOWRead)
 		if err := q.file.ReadAt(ctx, table, old, 0); err != nil {
 			return 0, q.ioError("read", err)
 		}
@@ -249,6 +252,7 @@ func (q *image) l2ForWriteLocked(ctx context.Context, l1i int64) (int64, error) 
 			return 0, q.ioError("flush", err)
 		}
 	}
+	q.event(block.DebugL2AllocWrite)
 	if err := q.file.WriteAt(ctx, table, off, 0); err != nil {
 		return 0, q.ioError("write", err)
 	}
@@ -263,6 +267,20 @@ func (q *image) l2ForWriteLocked(ctx context.Context, l1i int64) (int64, error) 
 	if old != 0 {
 		q.deferFreeLocked(old, q.clusterSize, freeOther, true)
 	}
+	// The new table is in memory: cache it rather than read it back, as
+	// QEMU does (so no l2_load either).
+	for s := int64(0); s < q.clusterSize; s += q.sliceBytes {
+		if e := q.l2c.lookup(off + s); e != nil {
+			copy(e.buf, table[s:])
+			continue
+		}
+		if err := q.makeRoomLocked(ctx, q.l2c); err != nil {
+			return 0, err
+		}
+		buf := q.l2c.newBuf()
+		copy(buf, table[s:])
+		q.l2c.insert(off+s, buf, false)
+	}
 	return off, nil
 }
 
@@ -270,6 +288,7 @@ func (q *image) l2ForWriteLocked(ctx context.Context, l1i int64) (int64, error) 
 func (q *image) writeL1Locked(ctx context.Context, l1i int64, v uint64) error {
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], v)
+	q.event(block.DebugL1Update)
 	if err := q.file.WriteAt(ctx, b[:], int64(q.hdr.l1Offset)+l1i*8, 0); err != nil {
 		return q.ioError("write", err)
 	}
@@ -291,6 +310,9 @@ func (q *image) cacheGetLocked(ctx context.Context, c *tableCache, key int64) (*
 		return nil, err
 	}
 	buf := c.newBuf()
+	if c == q.l2c {
+		q.event(block.DebugL2Load)
+	}
 	if err := q.file.ReadAt(ctx, buf, key, 0); err != nil {
 		return nil, q.ioError("read", err)
 	}
@@ -325,6 +347,7 @@ func (q *image) writeEntryLocked(ctx context.Context, c *tableCache, e *centry) 
 			}
 		}
 	}
+	q.writeBackEvent(c)
 	if err := q.file.WriteAt(ctx, e.buf, e.key, 0); err != nil {
 		return q.ioError("write", err)
 	}
@@ -339,6 +362,7 @@ func (q *image) writeDirtyLocked(ctx context.Context, c *tableCache) error {
 		return err
 	}
 	for _, e := range c.dirtyEntries() {
+		q.writeBackEvent(c)
 		if err := q.file.WriteAt(ctx, e.buf, e.key, 0); err != nil {
 			return q.ioError("write", err)
 		}

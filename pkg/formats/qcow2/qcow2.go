@@ -214,6 +214,7 @@ func load(ctx context.Context, c *block.Child, readOnly bool, opts *Options) (*i
 	if q.l1, err = q.readTable(ctx, int64(h.l1Offset), int64(h.l1Size)); err != nil {
 		return nil, err
 	}
+	q.event(block.DebugReftableLoad)
 	if q.reftable, err = q.readTable(ctx, int64(h.rtOffset), int64(h.rtClusters)<<q.clusterBits/8); err != nil {
 		return nil, err
 	}

@@ -112,6 +112,7 @@ func (q *image) allocFreshLocked(ctx context.Context, n int64, exact bool) (int6
 	if err := q.markDirtyLocked(ctx); err != nil {
 		return 0, 0, false, err
 	}
+	q.event(block.DebugClusterAlloc)
 	for round := 0; ; round++ {
 		if round > 1<<16 {
 			return 0, 0, false, fmt.Errorf("qcow2 image '%s': cluster allocation does not converge: %w", q.name, block.ErrInternal)
@@ -127,6 +128,7 @@ func (q *image) allocFreshLocked(ctx context.Context, n int64, exact bool) (int6
 		for c := start; c < start+got; c = (c>>q.rbBits + 1) << q.rbBits {
 			rt := c >> q.rbBits
 			if rt >= int64(len(q.reftable)) {
+				q.event(block.DebugRefblockAlloc)
 				if err := q.growRefTableLocked(ctx, rt); err != nil {
 					return 0, 0, false, err
 				}
@@ -134,6 +136,7 @@ func (q *image) allocFreshLocked(ctx context.Context, n int64, exact bool) (int6
 				break
 			}
 			if q.reftable[rt]&refOffsetMask == 0 {
+				q.event(block.DebugRefblockAlloc)
 				if err := q.newRefBlockLocked(ctx, rt, c); err != nil {
 					return 0, 0, false, err
 				}
@@ -145,6 +148,9 @@ func (q *image) allocFreshLocked(ctx context.Context, n int64, exact bool) (int6
 			continue
 		}
 		for c := start; c < start+got; c++ {
+			if c == start || c&(1<<q.rbBits-1) == 0 {
+				q.refblockEvents()
+			}
 			if err := q.setRefcountLocked(ctx, c, 1); err != nil {
 				return 0, 0, false, err
 			}
@@ -248,6 +254,7 @@ func (q *image) newRefBlockLocked(ctx context.Context, rt, c int64) error {
 	off := c << q.clusterBits
 	buf := q.rbc.newBuf()
 	q.setRefcountIn(buf, c&(1<<q.rbBits-1), 1)
+	q.event(block.DebugRefblockAllocWrite)
 	if err := q.file.WriteAt(ctx, buf, off, 0); err != nil {
 		return q.ioError("write", err)
 	}
@@ -259,6 +266,7 @@ func (q *image) newRefBlockLocked(ctx context.Context, rt, c int64) error {
 	}
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], uint64(off))
+	q.event(block.DebugRefblockAllocHookup)
 	if err := q.file.WriteAt(ctx, b[:], int64(q.hdr.rtOffset)+rt*8, 0); err != nil {
 		return q.ioError("write", err)
 	}
@@ -284,6 +292,7 @@ func (q *image) endClusterLocked() int64 {
 // put at the end of the image, written, flushed, and only then the
 // header is switched to them.
 func (q *image) growRefTableLocked(ctx context.Context, rt int64) error {
+	q.event(block.DebugReftableGrow)
 	perCluster := q.clusterSize / 8
 	old := int64(len(q.reftable))
 	entries := max(rt+1, old+old/2, perCluster)
@@ -335,6 +344,7 @@ func (q *image) growRefTableLocked(ctx context.Context, rt int64) error {
 			return err
 		}
 	}
+	q.event(block.DebugRefblockAllocWriteBlocks)
 	for i, r := range missing {
 		if err := q.file.WriteAt(ctx, blocks[r], (start+tc+int64(i))<<q.clusterBits, 0); err != nil {
 			return q.ioError("write", err)
@@ -344,6 +354,7 @@ func (q *image) growRefTableLocked(ctx context.Context, rt int64) error {
 	for i, v := range table {
 		binary.BigEndian.PutUint64(tbuf[i*8:], v)
 	}
+	q.event(block.DebugRefblockAllocWriteTable)
 	if err := q.file.WriteAt(ctx, tbuf, start<<q.clusterBits, 0); err != nil {
 		return q.ioError("write", err)
 	}
@@ -353,6 +364,7 @@ func (q *image) growRefTableLocked(ctx context.Context, rt int64) error {
 	if err := q.file.Flush(ctx); err != nil {
 		return q.ioError("flush", err)
 	}
+	q.event(block.DebugRefblockAllocSwitchTable)
 	if err := q.switchRefTableLocked(ctx, start, tc); err != nil {
 		return err
 	}
@@ -375,12 +387,7 @@ func (q *image) growRefTableLocked(ctx context.Context, rt int64) error {
 	q.fileEnd = max(q.fileEnd, (start+tc+nb)<<q.clusterBits)
 	q.topCluster = max(q.topCluster, start+tc+nb-1)
 	// The old table is referenced by nothing on disk any more.
-	for c := oldOff >> q.clusterBits; c < oldOff>>q.clusterBits+oldClusters; c++ {
-		if err := q.decrefLocked(ctx, c, freeOther); err != nil {
-			return err
-		}
-	}
-	return nil
+	return q.freeRangeLocked(ctx, oldOff, oldClusters<<q.clusterBits, freeOther)
 }
 
 // decrefLocked drops one reference to host cluster c. A refcount that is
@@ -420,7 +427,11 @@ func (q *image) deferFreeLocked(off, n int64, kind freeKind, l2 bool) {
 
 // freeRangeLocked drops one reference to every cluster of [off, off+n).
 func (q *image) freeRangeLocked(ctx context.Context, off, n int64, kind freeKind) error {
+	q.event(block.DebugClusterFree)
 	for c := off >> q.clusterBits; c<<q.clusterBits < off+n; c++ {
+		if c == off>>q.clusterBits || c&(1<<q.rbBits-1) == 0 {
+			q.refblockEvents()
+		}
 		if err := q.decrefLocked(ctx, c, kind); err != nil {
 			return err
 		}

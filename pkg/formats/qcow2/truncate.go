@@ -108,6 +108,7 @@ func (q *image) growL1Locked(ctx context.Context, need int64) error {
 		return block.Errorf(block.ErrNoSpace, "Failed to grow the L1 table: File too large")
 	}
 	clusters := alignUp(need*8, q.clusterSize) >> q.clusterBits
+	q.event(block.DebugL1GrowAllocTable)
 	c, _, err := q.allocClustersLocked(ctx, clusters, true)
 	if err != nil {
 		return err
@@ -122,12 +123,14 @@ func (q *image) growL1Locked(ctx context.Context, need int64) error {
 			return err
 		}
 	}
+	q.event(block.DebugL1GrowWriteTable)
 	if err := q.file.WriteAt(ctx, buf, off, 0); err != nil {
 		return q.ioError("write", err)
 	}
 	if err := q.file.Flush(ctx); err != nil {
 		return q.ioError("flush", err)
 	}
+	q.event(block.DebugL1GrowActivateTable)
 	var hb [12]byte
 	binary.BigEndian.PutUint32(hb[0:], uint32(need))
 	binary.BigEndian.PutUint64(hb[4:], uint64(off))
