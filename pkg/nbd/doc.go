@@ -69,7 +69,9 @@
 // FUA), CACHE, BLOCK_STATUS (REQ_ONE) and DISC. With structured replies a
 // READ of at least ExportOptions.SparseReadMin bytes asks BlockStatus first
 // and sends the ranges that read as zeroes as OFFSET_HOLE chunks without
-// reading them; other reads, and DF reads, are one OFFSET_DATA chunk.
+// reading them (if BlockStatus fails, other than with ErrNotSupported, so
+// does the READ, as in qsd); other reads, and DF reads, are one
+// OFFSET_DATA chunk.
 // BLOCK_STATUS sends one chunk per selected context, merging extents with
 // equal values; a backend without block status is reported as allocated
 // data. Successful replies to other commands are simple replies; errors are

@@ -451,6 +451,27 @@ func TestBlockStatusUnsupported(t *testing.T) {
 	}
 }
 
+// A sparse read whose block status fails fails with its errno, as qsd's
+// does ("unable to check for holes"), rather than reading the data.
+func TestSparseReadStatusError(t *testing.T) {
+	s := startServer(t, nbd.ServerOptions{})
+	m := nbdtest.NewMem(MiB, 0)
+	m.Hook = func(ctx context.Context, op string, off, n int64) error {
+		if op == "status" {
+			return syscall.EIO
+		}
+		return nil
+	}
+	addExport(t, s, m, nbd.ExportOptions{Name: "e", SparseReadMin: 4096})
+	c, _ := s.connect(t, "e", true, "base:allocation")
+	if res := c.roundTrip(cmdRead, 0, 0, 65536, nil); res.errno != 5 {
+		t.Errorf("sparse read: errno %d, want 5", res.errno)
+	}
+	if res := c.roundTrip(cmdRead, 0, 0, 512, nil); res.errno != 0 {
+		t.Errorf("read below SparseReadMin: errno %d", res.errno)
+	}
+}
+
 // Contexts negotiated for another export do not carry over to GO.
 func TestMetaContextOtherExport(t *testing.T) {
 	s := startServer(t, nbd.ServerOptions{})

@@ -336,6 +336,10 @@ func (c *conn) readSparse(ctx context.Context, b Backend, r *request) error {
 	var pos int64
 	for pos < n {
 		exts, err := b.BlockStatus(ctx, off+pos, n-pos)
+		if err != nil && !isNotSupported(err) {
+			// compat(qsd-7.2): the read fails, as qsd's does.
+			return fmt.Errorf("unable to check for holes: %w", err)
+		}
 		progress := false
 		if err == nil {
 			for _, x := range exts {
