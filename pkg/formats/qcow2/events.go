@@ -53,11 +53,12 @@ import "github.com/blockd/blockd/pkg/block"
 // refblock_update.
 //
 // Where blockd's steps differ from QEMU's, the events follow blockd's
-// order: an allocating write that copies old contents reads them (cow_read)
-// before it writes the guest data (write_aio), where QEMU writes the data
-// first; and a free is applied, and cluster_free fired, when the metadata
-// that dropped the reference is on disk (at the next flush), where QEMU
-// frees at once.
+// order: a write into a range without an L2 table allocates the data
+// cluster before the table (QEMU: the table first); an allocating write
+// that copies old contents reads them (cow_read) before it writes the
+// guest data (write_aio), where QEMU writes the data first; and a free is
+// applied, and cluster_free fired, when the metadata that dropped the
+// reference is on disk (at the next flush), where QEMU frees at once.
 
 // event fires ev into the file.
 func (q *image) event(ev string) { block.DebugEvent(q.file, ev) }
