@@ -9,9 +9,10 @@ import "context"
 // arms its rules on them. The names are those of QMP's BlkdebugEvent.
 //
 // An event reaches only the node the child points at, and only if its
-// driver implements DebugEventer; it does not travel further down. That
-// is QEMU 7.2's behaviour: a rule on l2_load of a blkdebug node under a
-// raw format under qcow2 never arms, while raw's own read_aio does.
+// driver implements DebugEventer; it does not travel further down.
+// compat(qsd-7.2): so does QEMU's; a rule on l2_load of a blkdebug node
+// under a raw format under qcow2 never arms, while raw's own read_aio
+// does (tests/iotests/blkdebug_test.go).
 //
 // Formats fire their events themselves (see each driver's list). The
 // gate fires, as QEMU's generic layer does:
