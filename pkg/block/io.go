@@ -143,6 +143,7 @@ func (c *Child) WriteAt(ctx context.Context, p []byte, off int64, f Flags) error
 	}
 	err := n.writeAtEvents(ctx, p, off, f)
 	if err != nil {
+		n.markDirty(off, int64(len(p))) // part of it may have been written
 		n.Stats.FailedWr.Add(1)
 		return err
 	}
@@ -182,6 +183,7 @@ func (n *Node) noteWrite(off, length int64) {
 			break
 		}
 	}
+	n.markDirty(off, length)
 }
 
 func (n *Node) writeAt(ctx context.Context, p []byte, off int64, f Flags) error {
@@ -285,6 +287,7 @@ func (c *Child) Zero(ctx context.Context, off, length int64, f Flags) error {
 	err := n.zeroEvents(ctx, off, length, f)
 	if err != nil {
 		if !errors.Is(err, ErrNotSupported) {
+			n.markDirty(off, length) // part of it may have been zeroed
 			n.Stats.FailedWr.Add(1)
 		}
 		return err
@@ -352,6 +355,7 @@ func (c *Child) Discard(ctx context.Context, off, length int64) error {
 		return nil
 	}
 	err := n.impl.Discard(ctx, off, length)
+	n.markDirty(off, length)
 	if err != nil && !errors.Is(err, ErrNotSupported) {
 		n.Stats.FailedUnmap.Add(1)
 		n.Stats.DiscardNbFailed.Add(1)
@@ -391,7 +395,11 @@ func (c *Child) Truncate(ctx context.Context, size int64, exact bool) error {
 	if err := n.impl.Truncate(ctx, size, exact); err != nil {
 		return err
 	}
-	return n.RefreshSize(ctx)
+	if err := n.RefreshSize(ctx); err != nil {
+		return err
+	}
+	n.resizeDirtyBitmaps()
+	return nil
 }
 
 // BlockStatus describes the node's own status of the range starting at

@@ -42,6 +42,8 @@ type Node struct {
 	// nodes whose RequestAlign > 1.
 	rmw sync.RWMutex
 
+	bitmaps nodeBitmaps // dirty bitmaps; bitmap.go
+
 	Stats  Stats
 	closed bool // guarded by g.mu
 }
