@@ -53,7 +53,7 @@ func New(log logrus.FieldLogger) *Server {
 	s := &Server{log: log, emit: em}
 	s.G = block.NewGraph(block.Decoder(qmp.Decode), log)
 	s.G.SetEmitter(em)
-	s.Jobs = jobs.NewRunner(s.G, em, log)
+	s.Jobs = jobs.NewRunner(s.G, em, log, nil)
 	return s
 }
 
@@ -98,6 +98,7 @@ func (s *Server) handlers() map[string]qmp.Handler {
 		"block-job-complete":        qmp.Command(s.blockJobDevice(jobs.VerbComplete)),
 		"block-job-cancel":          qmp.Command(s.blockJobCancel),
 		"block-job-set-speed":       qmp.Command(s.blockJobSetSpeed),
+		"block-stream":              qmp.Command(s.blockStream),
 		"nbd-server-start":          qmp.Command(s.nbdServerStart),
 		"nbd-server-stop":           qmp.Command(s.nbdServerStop),
 		"block-export-add":          qmp.HandlerFunc(s.blockExportAdd),

@@ -61,7 +61,7 @@ func (s *Server) blockdevCreate(ctx context.Context, a *createArgs) (empty, erro
 	if s.Jobs.Find(a.JobID) != nil {
 		return empty{}, fmt.Errorf("Job ID '%s' already in use", a.JobID)
 	}
-	_, err = s.Jobs.Start(a.JobID, "create", &jobs.CreateBody{Create: func(ctx context.Context) error {
+	_, err = s.Jobs.Start(ctx, a.JobID, "create", &jobs.CreateBody{Create: func(ctx context.Context) error {
 		return run(ctx, s.G)
 	}}, jobs.Options{AutoFinalize: true, AutoDismiss: false})
 	return empty{}, err
@@ -104,8 +104,8 @@ func (s *Server) queryBlockJobs(ctx context.Context, a *struct{}) ([]BlockJobInf
 		}
 		i, b := j.Info(), j.BlockInfo()
 		out = append(out, BlockJobInfo{Type: i.Type, Device: i.ID, Len: i.TotalProgress, Offset: i.CurrentProgress,
-			Status: i.Status, Busy: b.Busy, Paused: b.Paused, Speed: b.Speed, Ready: i.Status == "ready",
-			AutoFinalize: b.AutoFinalize, AutoDismiss: b.AutoDismiss, IOStatus: "ok", Error: i.Error})
+			Status: i.Status, Busy: b.Busy, Paused: b.Paused, Speed: b.Speed, Ready: b.Ready,
+			AutoFinalize: b.AutoFinalize, AutoDismiss: b.AutoDismiss, IOStatus: string(b.IOStatus), Error: i.Error})
 	}
 	return out, nil
 }
