@@ -281,3 +281,29 @@ func (t *Txn) readOnlyHook(ctx context.Context, n *Node, ro bool) error {
 	t.OnUndo(undo)
 	return nil
 }
+
+// ReopenReadOnly changes n's read-only state as a reopen that changes
+// nothing else does (QEMU's bdrv_reopen_set_read_only, which jobs use to
+// write into a read-only image and to make it read-only again): the
+// children n opened itself, COW backing excepted, follow it; children go
+// first when becoming writable and last when becoming read-only.
+func (t *Txn) ReopenReadOnly(ctx context.Context, n *Node, ro bool) error {
+	t.Drain(n)
+	if ro {
+		if err := t.ChangeReadOnly(ctx, n, true); err != nil {
+			return err
+		}
+	}
+	for _, c := range n.Children() {
+		if c.role&RoleCOW != 0 || c.Node().monitorOwned {
+			continue
+		}
+		if err := t.ReopenReadOnly(ctx, c.Node(), ro); err != nil {
+			return err
+		}
+	}
+	if !ro {
+		return t.ChangeReadOnly(ctx, n, false)
+	}
+	return nil
+}

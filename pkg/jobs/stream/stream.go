@@ -159,7 +159,7 @@ func (s *Stream) Setup(ctx context.Context, tx *block.Txn, j *jobs.Job) error {
 		return err
 	}
 	if dev.ReadOnly() {
-		if err := tx.ChangeReadOnly(ctx, dev, false); err != nil {
+		if err := tx.ReopenReadOnly(ctx, dev, false); err != nil {
 			return err
 		}
 		s.wasReadOnly = true
@@ -296,7 +296,7 @@ func (s *Stream) Clean(ctx context.Context, tx *block.Txn) {
 	// brought up to date.
 	err := tx.Graph().RefreshPerms()
 	if err == nil {
-		err = tx.ChangeReadOnly(ctx, s.device, true)
+		err = tx.ReopenReadOnly(ctx, s.device, true)
 	}
 	if err != nil {
 		log.WithError(err).Warn("stream: reopening the device read-only again")
