@@ -120,6 +120,12 @@ func (s *Server) handlers() map[string]qmp.Handler {
 // Shutdown tears everything down the way qsd's quit does: jobs are
 // cancelled, exports deleted (with their events), nodes flushed and closed.
 func (s *Server) Shutdown(ctx context.Context) {
+	// compat(qsd-7.2): qsd drains every node before it cancels the jobs,
+	// so running jobs report paused and running (ready ones standby and
+	// ready) before they abort.
+	drain := s.G.Begin()
+	drain.Drain(s.G.Nodes()...)
+	drain.Abort()
 	s.Jobs.Close()
 	s.stopExports(ctx)
 	tx := s.G.Begin()

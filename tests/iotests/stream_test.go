@@ -768,3 +768,39 @@ func waitProgress(t *testing.T, d *Daemon, id string, n int64) {
 	}
 	t.Fatalf("job %s made no progress to %d", id, n)
 }
+
+// TestStreamQuit: quit and SIGTERM while a stream runs cancel it (its
+// events come before quit's reply) and leave the images consistent and
+// their data unchanged.
+func TestStreamQuit(t *testing.T) {
+	for _, how := range []string{"quit", "SIGTERM"} {
+		t.Run(how, func(t *testing.T) {
+			d := start(t)
+			mkChain(t, d.Dir)
+			addChain(t, d, nil)
+			d.Cmd("block-stream", map[string]any{"job-id": "s", "device": "top", "base-node": "base", "speed": 4 << 20})
+			waitProgress(t, d, "s", 9<<20)
+			d.ClearHistory()
+			if how == "quit" {
+				d.Quit()
+				// Both daemons drain every node first: the job pauses.
+				wantEvents(t, d, "s", "paused", "running", "aborting", "BLOCK_JOB_CANCELLED", "concluded", "null")
+			} else {
+				d.cmd.Process.Signal(syscall.SIGTERM)
+				select {
+				case err := <-d.done:
+					if err != nil {
+						t.Errorf("exit after SIGTERM: %v", err)
+					}
+				case <-time.After(30 * time.Second):
+					t.Fatal("no exit after SIGTERM")
+				}
+			}
+			run(t, "qemu-img", "check", d.Path("top.qcow2"))
+			run(t, "qemu-img", "compare", d.Path("top.qcow2"), refImage(t, d))
+			if full, _ := headerBacking(t, d.Path("top.qcow2")); full != d.Path("mid.qcow2") {
+				t.Errorf("a cancelled stream changed top's header: %q", full)
+			}
+		})
+	}
+}
