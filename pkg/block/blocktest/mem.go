@@ -156,9 +156,12 @@ func (m *Mem) Close() error { return nil }
 
 func (m *Mem) Filename() string { return "blocktest-mem://" }
 
-// FilterOptions configure a pass-through test filter.
+// FilterOptions configure a pass-through test filter. FreezeTo names a
+// node of its chain: the filter freezes the links down to it for its
+// lifetime, as copy-on-read does with bottom.
 type FilterOptions struct {
-	File block.NodeRef `json:"file"`
+	File     block.NodeRef `json:"file"`
+	FreezeTo string        `json:"freeze-to,omitempty"`
 }
 
 type filter struct{ block.Forward }
@@ -167,6 +170,11 @@ func openFilter(ctx context.Context, o *block.Opener, opts *FilterOptions) (bloc
 	c, err := o.Attach(ctx, "file", opts.File, block.RoleFilter)
 	if err != nil {
 		return nil, err
+	}
+	if opts.FreezeTo != "" {
+		if err := o.FreezeChain(o.Txn().Graph().Lookup(opts.FreezeTo)); err != nil {
+			return nil, err
+		}
 	}
 	return &filter{block.Forward{C: c}}, nil
 }
