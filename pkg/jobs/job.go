@@ -123,6 +123,9 @@ func newJob(r *Runner, id, typ string, body Body, opts Options) *Job {
 // machine does not allow is a bug: it is logged loudly and not made.
 func (j *Job) moveLocked(s Status) {
 	if !canMove(j.status, s) {
+		if invariants {
+			panic(fmt.Sprintf("jobs: job %s: illegal transition %s -> %s", j.ID, j.status, s))
+		}
 		j.r.log.WithFields(logrus.Fields{"job": j.ID, "from": j.status, "to": s}).Error("jobs: internal error: illegal transition")
 		return
 	}
