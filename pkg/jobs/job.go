@@ -293,10 +293,10 @@ func (j *Job) clean() {
 
 func (j *Job) concludeLocked() {
 	j.moveLocked(Concluded)
-	j.signalStartedLocked()
 	if j.opts.AutoDismiss {
 		j.dismissLocked()
 	}
+	j.signalStartedLocked()
 }
 
 func (j *Job) dismissLocked() {
