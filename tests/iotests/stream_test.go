@@ -804,3 +804,33 @@ func TestStreamQuit(t *testing.T) {
 		})
 	}
 }
+
+// TestStreamWithWriter: a client writes through an export of top while a
+// stream copies mid's data up (its writes reach the copy-on-read filter,
+// which serialises them with the copies); afterwards top holds the
+// client's data where it wrote and the chain's elsewhere.
+func TestStreamWithWriter(t *testing.T) {
+	d := start(t)
+	mkChain(t, d.Dir)
+	addChain(t, d, nil)
+	sock := startNBD(d)
+	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "top", "writable": true})
+	uri := nbdURI(sock, "top")
+	d.Cmd("block-stream", map[string]any{"job-id": "s", "device": "top", "base-node": "base", "speed": 8 << 20})
+	// Writes inside mid's data (some before the copy reaches them, some
+	// after), in base's, and in a hole, each 192 KiB and unaligned.
+	writes := []struct{ off, pat string }{{"8200k", "0x41"}, {"23000k", "0x42"}, {"1000k", "0x43"}, {"33000k", "0x44"}, {"12345k", "0x45"}}
+	for _, w := range writes {
+		run(t, "qemu-io", "-f", "raw", "-c", "write -P "+w.pat+" "+w.off+" 192k", uri)
+	}
+	d.Cmd("block-job-set-speed", map[string]any{"device": "s", "speed": 0})
+	waitStatus(t, d, "s", "null")
+	d.DelExport("e0")
+	d.Quit()
+	ref := refImage(t, d)
+	for _, w := range writes {
+		run(t, "qemu-io", "-f", "raw", "-c", "write -P "+w.pat+" "+w.off+" 192k", ref)
+	}
+	run(t, "qemu-img", "check", d.Path("top.qcow2"))
+	run(t, "qemu-img", "compare", d.Path("top.qcow2"), ref)
+}
