@@ -9,3 +9,5 @@ echo "== NBD export, raw image =="
 go run ./bench/nbdbench -blockd bin/blockd "$@"
 echo "== throttle filter: rate held against the configured limit =="
 go run ./bench/throttlebench -blockd bin/blockd
+echo "== block-stream: a qcow2 chain streamed into its top image =="
+go run ./bench/streambench -blockd bin/blockd
