@@ -6,7 +6,9 @@
 //   - case a: block-stream top with base-node=base (copies mid's data)
 //   - case b: block-stream top with no base (copies mid's and base's)
 //
-// Each run is timed from the block-stream command to BLOCK_JOB_COMPLETED.
+// Each run is timed from the block-stream command to BLOCK_JOB_COMPLETED,
+// with the images in the page cache and the memory the daemon will write
+// into faulted in beforehand (see faultIn).
 // It prints, for both daemons, the job's seconds, the MiB/s of data
 // actually copied (what the streamed images allocate and top does not
 // override, from qemu-img map of the chain before the run) and of the
@@ -19,7 +21,7 @@
 // top is clean, top's backing file is what the case says, and qemu-img
 // compare finds the streamed top identical to the original chain.
 //
-//	go run ./bench/streambench [-size 1G] [-rounds 3] [-blockd bin/blockd]
+//	go run ./bench/streambench [-size 1G] [-rounds 3] [-blockd bin/blockd] [-prefault 2G]
 package main
 
 import (
@@ -36,6 +38,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -43,6 +46,7 @@ var (
 	sizeFlag  = flag.String("size", "1G", "virtual size of the chain")
 	rounds    = flag.Int("rounds", 3, "rounds per daemon and case (median reported)")
 	blockdBin = flag.String("blockd", "bin/blockd", "blockd binary")
+	prefault  = flag.String("prefault", "2G", "memory to fault in and free before each stream (0: none)")
 )
 
 // A streamCase is one way of streaming the chain.
@@ -71,6 +75,7 @@ func main() {
 	check(os.Mkdir(orig, 0o755))
 	fmt.Printf("preparing a %s qcow2 chain with seeded random data...\n", *sizeFlag)
 	size := makeChain(orig)
+	warm := parseSize(*prefault)
 	top := filepath.Join(orig, "top.qcow2")
 	copied := make([]int64, len(cases))
 	for i, c := range cases {
@@ -94,7 +99,7 @@ func main() {
 		for i, c := range cases {
 			for _, name := range order {
 				x := res[name][i]
-				secs, cpu, rss, quit := streamOnce(name, dir, orig, c)
+				secs, cpu, rss, quit := streamOnce(name, dir, orig, c, warm)
 				x.secs = append(x.secs, secs)
 				x.copied = append(x.copied, mib(copied[i])/secs)
 				x.virtual = append(x.virtual, mib(size)/secs)
@@ -232,7 +237,7 @@ func allocated(img string, lo, hi int) int64 {
 // streamOnce copies the chain, streams it in one daemon and verifies the
 // result. It returns the job's seconds, the daemon's CPU seconds during
 // the job, its peak RSS in MiB and the seconds quit took.
-func streamOnce(name, dir, orig string, c streamCase) (secs, cpu, rss, quit float64) {
+func streamOnce(name, dir, orig string, c streamCase, warm int64) (secs, cpu, rss, quit float64) {
 	run := filepath.Join(dir, "run")
 	os.RemoveAll(run)
 	check(os.Mkdir(run, 0o755))
@@ -264,6 +269,7 @@ func streamOnce(name, dir, orig string, c streamCase) (secs, cpu, rss, quit floa
 		args[k] = v
 	}
 
+	faultIn(warm)
 	cpu0 := cpuSeconds(pid)
 	t0 := time.Now()
 	d.cmd1("block-stream", args)
@@ -303,6 +309,36 @@ func verify(name, orig, run string, c streamCase) {
 		filepath.Join(orig, "top.qcow2"), top).CombinedOutput(); err != nil {
 		panic(fmt.Sprintf("%s, case %s: streamed top differs from the chain: %v\n%s", name, c.name, err, out))
 	}
+}
+
+// faultIn maps n bytes of memory with every page faulted in, and frees
+// them again. The freed pages are the first the kernel hands out next, so
+// the page cache the stream writes and the daemon's buffers come from
+// memory the machine has just backed. On a VM that returns free memory to
+// its host (this one: free page reporting), the first touch of a returned
+// page costs the toucher 2-5 s a GiB here, which would otherwise land on
+// whichever daemon got such pages, and swamp the difference being measured.
+func faultIn(n int64) {
+	if n == 0 {
+		return
+	}
+	b, err := syscall.Mmap(-1, 0, int(n), syscall.PROT_READ|syscall.PROT_WRITE,
+		syscall.MAP_ANON|syscall.MAP_PRIVATE|syscall.MAP_POPULATE)
+	check(err)
+	check(syscall.Munmap(b))
+}
+
+// parseSize reads a size with an optional K, M, G or T suffix (powers
+// of 1024), as qemu-img does.
+func parseSize(s string) int64 {
+	mult := int64(1)
+	if i := strings.IndexAny(s, "KMGTkmgt"); i >= 0 && i == len(s)-1 {
+		mult = 1 << (10 * (1 + strings.IndexByte("KMGT", byte(strings.ToUpper(s[i:])[0]))))
+		s = s[:i]
+	}
+	v, err := strconv.ParseInt(s, 10, 64)
+	check(err)
+	return v * mult
 }
 
 type daemon struct {
