@@ -257,6 +257,7 @@ func streamOnce(name, dir, orig string, c streamCase, warm int64) (secs, cpu, rs
 	mustRun("cat", imgs...)
 
 	d := startDaemon(name, dir)
+	defer d.kill() // if a step below fails before quit
 	pid := d.cmd.Process.Pid
 	backing := map[string]string{"mid": "base", "top": "mid"}
 	for _, n := range []string{"base", "mid", "top"} {
@@ -438,6 +439,14 @@ func (d *daemon) quit() {
 	d.conn.Close()
 	if err := d.cmd.Wait(); err != nil {
 		panic(fmt.Sprintf("%s: %v", d.name, err))
+	}
+}
+
+// kill stops a daemon that has not exited yet.
+func (d *daemon) kill() {
+	if d.cmd.ProcessState == nil {
+		d.cmd.Process.Kill()
+		d.cmd.Wait()
 	}
 }
 
