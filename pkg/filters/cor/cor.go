@@ -2,6 +2,7 @@ package cor
 
 import (
 	"context"
+	"sync"
 
 	"github.com/blockd/blockd/pkg/block"
 )
@@ -166,7 +167,15 @@ func (f *Filter) copyUp(ctx context.Context, top *block.Node, pos, n int64, p []
 		}
 		return n, f.C.ReadAt(ctx, dst, at, fl)
 	}
-	buf := make([]byte, n)
+	// A request that covers the whole extent (a stream's cluster-aligned
+	// chunks always do) is read into and written from directly: no
+	// allocation and no second copy. Otherwise a pooled scratch buffer.
+	buf := dst
+	if at != pos || int64(len(dst)) != n {
+		bp := scratch(n)
+		defer scratchPool.Put(bp)
+		buf = (*bp)[:n]
+	}
 	if err := f.C.ReadAt(ctx, buf, pos, fl); err != nil {
 		return 0, err
 	}
@@ -179,8 +188,22 @@ func (f *Filter) copyUp(ctx context.Context, top *block.Node, pos, n int64, p []
 	if err != nil {
 		return 0, err
 	}
-	copy(dst, buf[at-pos:])
+	if len(dst) > 0 && &buf[0] != &dst[0] {
+		copy(dst, buf[at-pos:])
+	}
 	return n, nil
+}
+
+// scratchPool holds buffers for copy-ups the request does not cover
+// (partial clusters), so that reads through the filter do not allocate.
+var scratchPool sync.Pool
+
+func scratch(n int64) *[]byte {
+	if bp, ok := scratchPool.Get().(*[]byte); ok && int64(cap(*bp)) >= n {
+		return bp
+	}
+	b := make([]byte, n)
+	return &b
 }
 
 // lockWrite takes the range lock for a request that changes data, so that

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 
 	"github.com/blockd/blockd/pkg/block"
 	"github.com/blockd/blockd/pkg/jobs"
@@ -22,13 +23,15 @@ type Args struct {
 	FilterNodeName *string
 }
 
-// Copy sizes: a few chunks of a couple of clusters' worth in flight keep
-// a qcow2 top and its backing file busy without much memory (QEMU
-// streams 512 KiB at a time, one at a time).
-const (
-	chunkSize = 1 << 20
-	parallel  = 8
-)
+// Copy sizes. Chunks of a few clusters keep the per-request cost low;
+// as many in flight as there are CPUs to run them (at least two, so that
+// a read overlaps a write; at most eight) keep a local image busy without
+// the writers of one file queueing on its lock, which measurably slowed
+// eight writers on two cores (docs/benchmarks.md). QEMU streams 512 KiB
+// at a time, one at a time.
+const chunkSize = 1 << 20
+
+var parallel = min(max(runtime.GOMAXPROCS(0), 2), 8)
 
 // Stream is a block-stream job's body.
 type Stream struct {
