@@ -451,7 +451,7 @@ func TestStreamManualFinalize(t *testing.T) {
 	addChain(t, d, nil)
 	d.ClearHistory()
 	d.Cmd("block-stream", map[string]any{"job-id": "s3", "device": "top", "base-node": "base", "auto-finalize": false, "auto-dismiss": false})
-	waitStatus(t, d, "s3", "pending")
+	d.WaitHistory(func(ev []Event) bool { return len(eventsOf(ev, "BLOCK_JOB_PENDING", "s3")) > 0 }, 30*time.Second)
 	wantEvents(t, d, "s3", "created", "running", "waiting", "pending", "BLOCK_JOB_PENDING")
 	var bj []map[string]any
 	d.CmdInto("query-block-jobs", nil, &bj)
