@@ -100,6 +100,7 @@ type Job struct {
 	force       bool // ... and it is hard
 	aborted     bool // the job ended through abort
 	finalizeReq bool // job-finalize was asked for
+	kicks       int  // verbs the body must look at (complete, a soft cancel)
 	startedDone bool // started is closed
 	err         error
 	progress    int64
@@ -364,6 +365,7 @@ func (j *Job) requestCancelLocked(hard bool) {
 	}
 	j.cancelled = true
 	j.force = j.force || hard
+	j.kicks++
 	j.cond.Broadcast()
 }
 
@@ -469,7 +471,14 @@ func (j *Job) Complete() error {
 		return fmt.Errorf("The active block job '%s' cannot be completed", j.ID)
 	}
 	j.mu.Unlock()
-	return c.Complete()
+	if err := c.Complete(); err != nil {
+		return err
+	}
+	j.mu.Lock()
+	j.kicks++ // a sleeping body wakes up to notice
+	j.cond.Broadcast()
+	j.mu.Unlock()
+	return nil
 }
 
 // SetQuiesce sets what Yield calls before it parks the job: the body's
@@ -482,7 +491,8 @@ func (j *Job) SetQuiesce(fn func()) {
 
 // Yield is the body's pause point: it sleeps for the rate limit, parks
 // while the job is paused, and returns ErrCancelled once the job is
-// cancelled hard. See the package doc.
+// cancelled hard. A job-complete or a soft cancel ends a sleep early, so
+// that the body can act on it (CancelRequested). See the package doc.
 func (j *Job) Yield(ctx context.Context) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -493,9 +503,13 @@ func (j *Job) Yield(ctx context.Context) error {
 		j.inYield = false
 		j.parked = false
 	}()
+	kicks := j.kicks
 	for {
 		if j.cancelled && j.force {
 			return ErrCancelled
+		}
+		if j.kicks != kicks {
+			return nil // job-complete or a soft cancel: the body decides
 		}
 		if j.pauses > 0 {
 			j.parkLocked()

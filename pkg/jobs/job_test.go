@@ -532,3 +532,67 @@ func TestCloseCancels(t *testing.T) {
 		t.Errorf("events %s", got)
 	}
 }
+
+// readyBody becomes ready at once and then waits, as a mirror in sync
+// does, until it is completed or cancelled; a cancel that is not forced
+// is soft once ready (QEMU's mirror_cancel).
+type readyBody struct {
+	done atomic.Bool
+}
+
+func (b *readyBody) Run(ctx context.Context, j *Job) error {
+	j.Ready()
+	for !b.done.Load() && !j.CancelRequested() {
+		j.Processed(1 << 40) // sleep in Yield until a verb wakes the job
+		if err := j.Yield(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *readyBody) Complete() error { b.done.Store(true); return nil }
+
+func (b *readyBody) Cancel(force bool) bool { return force }
+
+// TestReady: READY and BLOCK_JOB_READY; pause moves a ready job to
+// standby and resume back; complete works in standby too (QEMU 7.2); a
+// cancel without force in ready ends the job as completed, with force as
+// cancelled.
+func TestReady(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		act  func(t *testing.T, j *Job)
+		want string
+	}{
+		{"complete", func(t *testing.T, j *Job) { mustOK(t, j.Complete()) },
+			"created,running,ready,BLOCK_JOB_READY,waiting,pending,BLOCK_JOB_COMPLETED,concluded,null"},
+		{"complete in standby", func(t *testing.T, j *Job) {
+			mustOK(t, j.Pause())
+			if i := j.BlockInfo(); !i.Ready || !i.Paused || j.Status() != Standby {
+				t.Errorf("paused ready job: %s %+v", j.Status(), i)
+			}
+			mustOK(t, j.Complete())
+			mustOK(t, j.Resume())
+		}, "created,running,ready,BLOCK_JOB_READY,standby,ready,waiting,pending,BLOCK_JOB_COMPLETED,concluded,null"},
+		{"soft cancel", func(t *testing.T, j *Job) { mustOK(t, j.Cancel(false)) },
+			"created,running,ready,BLOCK_JOB_READY,waiting,pending,BLOCK_JOB_COMPLETED,concluded,null"},
+		{"forced cancel", func(t *testing.T, j *Job) { mustOK(t, j.Cancel(true)) },
+			"created,running,ready,BLOCK_JOB_READY,aborting,BLOCK_JOB_CANCELLED,concluded,null"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r, rec, _ := newRunner()
+			j, err := r.Start(context.Background(), "m", "mirror", &readyBody{}, blockOpts)
+			mustOK(t, err)
+			if j.Status() != Ready {
+				t.Fatalf("status %s", j.Status())
+			}
+			tt.act(t, j)
+			j.Wait()
+			r.Close()
+			if got := rec.String(); got != tt.want {
+				t.Errorf("events %s\n want %s", got, tt.want)
+			}
+		})
+	}
+}
