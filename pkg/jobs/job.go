@@ -22,9 +22,19 @@ type Body interface {
 	Run(ctx context.Context, j *Job) error
 }
 
-// Setupper is implemented by bodies that change the graph when they
-// start: Setup runs inside the graph change Runner.Start opens, before the
-// job is created, and may fail with nothing visible changed.
+// Checker is implemented by bodies that validate and change the graph
+// before the job exists: Check runs inside the graph change Runner.Start
+// opens, before "created"; an error ends the command with no event and
+// nothing changed.
+type Checker interface {
+	Check(ctx context.Context, tx *block.Txn, j *Job) error
+}
+
+// Setupper is implemented by bodies that change the graph as the job
+// starts: Setup runs in the same graph change after "created" (and after
+// Check); an error ends the job at once ("null") and undoes the change.
+// Which steps go where follows qsd's order, so that a client sees the
+// same events for the same failure.
 type Setupper interface {
 	Setup(ctx context.Context, tx *block.Txn, j *Job) error
 }

@@ -276,8 +276,9 @@ func TestVerbTable(t *testing.T) {
 	r.Close()
 }
 
-// TestStartErrors: a bad id or a failing Setup leaves no job and no
-// event; a negative speed creates the job and ends it at once, as qsd.
+// TestStartErrors: a bad id or a failing Check leaves no job and no
+// event; a failing Setup or a negative speed creates the job and ends it
+// at once, as qsd does.
 func TestStartErrors(t *testing.T) {
 	r, rec, _ := newRunner()
 	bad := func(id string, body Body, opts Options, want string) {
@@ -288,10 +289,15 @@ func TestStartErrors(t *testing.T) {
 	}
 	bad("", &stepBody{rec: rec, noSteps: true}, blockOpts, "Invalid job ID ''")
 	bad("1x", &stepBody{rec: rec, noSteps: true}, blockOpts, "Invalid job ID '1x'")
-	bad("j", &setupFails{}, blockOpts, "no")
+	bad("j", &checkFails{}, blockOpts, "no")
 	if rec.String() != "" {
 		t.Errorf("events of refused jobs: %s", rec)
 	}
+	bad("j", &setupFails{}, blockOpts, "late")
+	if rec.String() != "created,null" {
+		t.Errorf("events of a failed Setup: %s", rec)
+	}
+	rec.events = nil
 	bad("j", &stepBody{rec: rec, noSteps: true}, Options{BlockJob: true, Speed: -1}, "Parameter 'speed' expects a non-negative value")
 	if rec.String() != "created,null" {
 		t.Errorf("events of a negative speed: %s", rec)
@@ -304,9 +310,13 @@ func TestStartErrors(t *testing.T) {
 	r.Close()
 }
 
+type checkFails struct{ stepBody }
+
+func (*checkFails) Check(ctx context.Context, tx *block.Txn, j *Job) error { return errors.New("no") }
+
 type setupFails struct{ stepBody }
 
-func (*setupFails) Setup(ctx context.Context, tx *block.Txn, j *Job) error { return errors.New("no") }
+func (*setupFails) Setup(ctx context.Context, tx *block.Txn, j *Job) error { return errors.New("late") }
 
 // TestRateLimit: on a fake clock a job moves speed bytes per second in
 // 100 ms slices, and a speed change applies at once.
@@ -528,7 +538,7 @@ func TestCloseCancels(t *testing.T) {
 	pend.finish(p)
 	waitStatus(t, p, Pending)
 	r.Close()
-	if got := rec.String(); strings.Count(got, "BLOCK_JOB_CANCELLED") != 2 || strings.Count(got, "abort,clean") != 2 {
+	if got := rec.String(); strings.Count(got, "BLOCK_JOB_CANCELLED") != 2 || strings.Count(got, ",abort,") != 2 || strings.Count(got, ",clean,") != 2 {
 		t.Errorf("events %s", got)
 	}
 }

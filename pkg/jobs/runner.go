@@ -62,16 +62,16 @@ func (r *Runner) remove(j *Job) {
 	r.mu.Unlock()
 }
 
-// Start creates a job and starts its body (see the package doc): Setup
-// inside a graph change, "created", the speed check, the change
+// Start creates a job and starts its body (see the package doc): Check
+// inside a graph change, "created", the speed check, Setup, the change
 // committed, "running", and the body's goroutine, whose first Yield (or
 // end) Start waits for.
 func (r *Runner) Start(ctx context.Context, id, typ string, body Body, opts Options) (*Job, error) {
 	j := newJob(r, id, typ, body, opts)
 	tx := r.g.Begin()
 	defer tx.Abort()
-	if s, ok := body.(Setupper); ok {
-		if err := s.Setup(ctx, tx, j); err != nil {
+	if c, ok := body.(Checker); ok {
+		if err := c.Check(ctx, tx, j); err != nil {
 			return nil, err
 		}
 	}
@@ -90,12 +90,20 @@ func (r *Runner) Start(ctx context.Context, id, typ string, body Body, opts Opti
 
 	j.mu.Lock()
 	j.moveLocked(Created)
+	j.mu.Unlock()
+	// Setup and the commit run without the job's lock: a drain in them
+	// may reach the job's own roots.
 	err := error(nil)
 	if opts.Speed < 0 {
 		err = errSpeed
-	} else {
+	}
+	if s, ok := body.(Setupper); ok && err == nil {
+		err = s.Setup(ctx, tx, j)
+	}
+	if err == nil {
 		err = tx.Commit()
 	}
+	j.mu.Lock()
 	if err != nil {
 		j.roots = nil
 		j.moveLocked(Null)

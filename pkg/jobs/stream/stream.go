@@ -141,8 +141,9 @@ func (s *Stream) resolve(g *block.Graph) (base, bottom *block.Node, err error) {
 	return base, bottom, nil
 }
 
-// Setup implements jobs.Setupper (see the package doc).
-func (s *Stream) Setup(ctx context.Context, tx *block.Txn, j *jobs.Job) error {
+// Check implements jobs.Checker: everything qsd does before it creates
+// the job (see the package doc).
+func (s *Stream) Check(ctx context.Context, tx *block.Txn, j *jobs.Job) error {
 	base, bottom, err := s.resolve(tx.Graph())
 	if err != nil {
 		return err
@@ -175,9 +176,14 @@ func (s *Stream) Setup(ctx context.Context, tx *block.Txn, j *jobs.Job) error {
 	if err != nil {
 		return err
 	}
-	if s.cor, err = tx.InsertFilter(ctx, dev, raw, s.a.FilterNodeName == nil); err != nil {
-		return err
-	}
+	s.cor, err = tx.InsertFilter(ctx, dev, raw, s.a.FilterNodeName == nil)
+	return err
+}
+
+// Setup implements jobs.Setupper: the job takes its nodes.
+func (s *Stream) Setup(ctx context.Context, tx *block.Txn, j *jobs.Job) error {
+	var err error
+	dev := s.device
 	// The job reads through the filter; others may go on writing the
 	// device, but not the images being streamed, nor resize anything.
 	const cr, w, wu = block.PermConsistentRead, block.PermWrite, block.PermWriteUnchanged
