@@ -11,6 +11,7 @@ type Op uint32
 const (
 	OpBackupSource Op = 1 << iota
 	OpBackupTarget
+	OpChange // change-backing-file
 	OpCommitSource
 	OpCommitTarget
 	OpDelete // blockdev-del

@@ -10,7 +10,10 @@ import (
 // only they know; callers test with errors.Is. The text a client reads is
 // the wrapping error's message.
 var (
-	ErrNotFound     = errors.New("not found")
+	ErrNotFound = errors.New("not found")
+	// ErrNoDevice: a command's device does not exist, where QEMU answers
+	// with the DeviceNotFound class rather than GenericError.
+	ErrNoDevice     = errors.New("device not found")
 	ErrNotSupported = errors.New("operation not supported")
 	ErrPermission   = errors.New("permission conflict")
 	ErrFrozen       = errors.New("link is frozen")

@@ -99,6 +99,8 @@ func (s *Server) handlers() map[string]qmp.Handler {
 		"block-job-cancel":          qmp.Command(s.blockJobCancel),
 		"block-job-set-speed":       qmp.Command(s.blockJobSetSpeed),
 		"block-stream":              qmp.Command(s.blockStream),
+		"block-commit":              qmp.Command(s.blockCommit),
+		"change-backing-file":       qmp.Command(s.changeBackingFile),
 		"nbd-server-start":          qmp.Command(s.nbdServerStart),
 		"nbd-server-stop":           qmp.Command(s.nbdServerStop),
 		"block-export-add":          qmp.HandlerFunc(s.blockExportAdd),

@@ -2,6 +2,7 @@ package jobs
 
 import (
 	"errors"
+	"slices"
 	"syscall"
 
 	"github.com/blockd/blockd/pkg/block"
@@ -135,12 +136,13 @@ func (j *Job) BlockInfo() BlockInfo {
 // job is the user of the nodes it holds.
 func (j *Job) describe() string { return j.Type + " job '" + j.ID + "'" }
 
-// NewRoot attaches the job to n as a user that does I/O ("main node"),
-// taking perm and sharing shared, blocking every other operation on n,
-// and taking part in drains through the job (see DrainHooks). Call it
-// from Setup. The runner detaches it when the job ends.
-func (j *Job) NewRoot(tx *block.Txn, n *block.Node, perm, shared block.Perm) (*block.Root, error) {
-	r, err := tx.NewRoot(n, block.RootOptions{Name: "main node", Desc: j.describe(), Kind: "block-job", ID: j.ID,
+// NewRoot attaches the job to n as a user that does I/O through an edge
+// called name ("main node", "base"), taking perm and sharing shared,
+// blocking every other operation on n, and taking part in drains through
+// the job (see DrainHooks). Call it from Setup. The runner detaches it
+// when the job ends, unless the body released it before (ReleaseRoot).
+func (j *Job) NewRoot(tx *block.Txn, n *block.Node, name string, perm, shared block.Perm) (*block.Root, error) {
+	r, err := tx.NewRoot(n, block.RootOptions{Name: name, Desc: j.describe(), Kind: "block-job", ID: j.ID,
 		Perm: perm, Shared: shared, Hooks: (*drainHooks)(j)})
 	if err != nil {
 		return nil, err
@@ -148,6 +150,25 @@ func (j *Job) NewRoot(tx *block.Txn, n *block.Node, perm, shared block.Perm) (*b
 	tx.SetBlocker(r.Child(), j.blockerReason(), block.OpNone)
 	j.roots = append(j.roots, r)
 	return r, nil
+}
+
+// ReleaseRoot detaches one of the job's roots in the graph change tx,
+// before the job ends (a commit lets go of its base before it relinks the
+// chain); an abort of tx gives it back.
+func (j *Job) ReleaseRoot(tx *block.Txn, r *block.Root) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	i := slices.Index(j.roots, r)
+	if i < 0 {
+		return
+	}
+	j.roots = slices.Delete(j.roots, i, i+1)
+	tx.Detach(r)
+	tx.OnUndo(func() {
+		j.mu.Lock()
+		j.roots = append(j.roots, r)
+		j.mu.Unlock()
+	})
 }
 
 // Hold makes the job a user of n too ("active node", "intermediate

@@ -477,7 +477,7 @@ func TestDrainPausesJob(t *testing.T) {
 	var stop atomic.Bool
 	body := &setupBody{setup: func(tx *block.Txn, j *Job) error {
 		var err error
-		root, err = j.NewRoot(tx, n, block.PermConsistentRead, block.PermAll)
+		root, err = j.NewRoot(tx, n, "main node", block.PermConsistentRead, block.PermAll)
 		return err
 	}, run: func(ctx context.Context, j *Job) error {
 		buf := make([]byte, 4096)

@@ -187,7 +187,7 @@ func (s *Stream) Setup(ctx context.Context, tx *block.Txn, j *jobs.Job) error {
 	// The job reads through the filter; others may go on writing the
 	// device, but not the images being streamed, nor resize anything.
 	const cr, w, wu = block.PermConsistentRead, block.PermWrite, block.PermWriteUnchanged
-	if s.root, err = j.NewRoot(tx, s.cor, cr, cr|w|wu); err != nil {
+	if s.root, err = j.NewRoot(tx, s.cor, "main node", cr, cr|w|wu); err != nil {
 		return err
 	}
 	if err := j.Hold(tx, s.root, dev, "active node", 0, cr|w|wu); err != nil {
