@@ -43,15 +43,13 @@ func isRead(err error) bool {
 	return !errors.As(err, &w)
 }
 
-// copyState is what the dispatcher and the workers of one Run share.
+// copyState is what the dispatcher and the copies of one Run share.
 type copyState struct {
-	mu       sync.Mutex
-	cond     sync.Cond
-	inflight int     // guarded by mu
-	retry    []chunk // failed chunks to copy again (on-error stop); mu
-	fatal    error   // a reported error: stop; mu
-	ignored  error   // the first ignored error; mu
-	bufs     chan []byte
+	pool    *Pool
+	mu      sync.Mutex
+	retry   []chunk // failed chunks to copy again (on-error stop); mu
+	fatal   error   // a reported error: stop; mu
+	ignored error   // the first ignored error; mu
 }
 
 type chunk struct{ off, n int64 }
@@ -60,16 +58,9 @@ type chunk struct{ off, n int64 }
 // reported or ignored error, or ErrCancelled), after every chunk in
 // flight has finished.
 func (c *Copy) Run(ctx context.Context) error {
-	j := c.Job
-	st := &copyState{bufs: make(chan []byte, c.Parallel)}
-	st.cond.L = &st.mu
-	for i := 0; i < c.Parallel; i++ {
-		st.bufs <- nil // allocated on first use, then reused
-	}
-	j.SetQuiesce(st.waitIdle)
-	defer j.SetQuiesce(nil)
+	st := &copyState{pool: NewPool(c.Job, c.Parallel, c.Chunk)}
 	err := c.dispatch(ctx, st)
-	st.waitIdle()
+	st.pool.Close()
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	switch {
@@ -102,7 +93,7 @@ func (c *Copy) dispatch(ctx context.Context, st *copyState) error {
 		st.mu.Unlock()
 		if len(pending) == 0 {
 			if off >= c.End {
-				st.waitIdle()
+				st.pool.WaitIdle()
 				st.mu.Lock()
 				again := len(st.retry) > 0
 				st.mu.Unlock()
@@ -138,42 +129,28 @@ func (c *Copy) dispatch(ctx context.Context, st *copyState) error {
 		ch := pending[0]
 		pending = pending[1:]
 		j.Processed(ch.n)
-		c.start(ctx, st, ch)
+		st.pool.Go(func(buf []byte) { c.copyChunk(ctx, st, ch, buf) })
 	}
 }
 
-// start copies one chunk in its own goroutine once a buffer is free.
-func (c *Copy) start(ctx context.Context, st *copyState, ch chunk) {
-	buf := <-st.bufs
-	if int64(cap(buf)) < c.Chunk {
-		buf = make([]byte, c.Chunk)
+// copyChunk copies one chunk and applies the on-error policy.
+func (c *Copy) copyChunk(ctx context.Context, st *copyState, ch chunk, buf []byte) {
+	err := c.Do(ctx, ch.off, buf[:ch.n])
+	if err == nil {
+		c.Job.AddProgress(ch.n)
+		return
 	}
-	st.mu.Lock()
-	st.inflight++
-	st.mu.Unlock()
-	go func() {
-		err := c.Do(ctx, ch.off, buf[:ch.n])
-		st.bufs <- buf
-		if err == nil {
-			c.Job.AddProgress(ch.n)
-		} else {
-			switch c.Job.IOError(err, isRead(err)) {
-			case ActionReport:
-				st.fail(err)
-			case ActionIgnore:
-				st.ignore(err)
-				c.Job.AddProgress(ch.n)
-			case ActionStop:
-				st.mu.Lock()
-				st.retry = append(st.retry, ch)
-				st.mu.Unlock()
-			}
-		}
+	switch c.Job.IOError(err, isRead(err)) {
+	case ActionReport:
+		st.fail(err)
+	case ActionIgnore:
+		st.ignore(err)
+		c.Job.AddProgress(ch.n)
+	case ActionStop:
 		st.mu.Lock()
-		st.inflight--
-		st.cond.Broadcast()
+		st.retry = append(st.retry, ch)
 		st.mu.Unlock()
-	}()
+	}
 }
 
 func (st *copyState) fail(err error) {
@@ -188,15 +165,6 @@ func (st *copyState) ignore(err error) {
 	st.mu.Lock()
 	if st.ignored == nil {
 		st.ignored = err
-	}
-	st.mu.Unlock()
-}
-
-// waitIdle waits until no chunk is in flight (the job's Quiesce hook).
-func (st *copyState) waitIdle() {
-	st.mu.Lock()
-	for st.inflight > 0 {
-		st.cond.Wait()
 	}
 	st.mu.Unlock()
 }

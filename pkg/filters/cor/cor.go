@@ -20,7 +20,7 @@ type Filter struct {
 	// from the filtered node's backing down to bottom (inclusive) is
 	// copied up. nil: everything the top does not allocate is.
 	bottom *block.Node
-	locks  rangeLock
+	locks  block.RangeLock
 }
 
 func open(ctx context.Context, o *block.Opener, opts *Options) (block.Impl, error) {
@@ -104,11 +104,11 @@ func (f *Filter) ReadAt(ctx context.Context, p []byte, off int64, fl block.Flags
 	}
 	g := granularity(top)
 	lo, hi := alignDown(off, g), min(alignUp(end, g), max(top.Size(), end))
-	lk, err := f.locks.lock(ctx, lo, hi)
+	lk, err := f.locks.Lock(ctx, lo, hi)
 	if err != nil {
 		return err
 	}
-	defer f.locks.unlock(lk)
+	defer f.locks.Unlock(lk)
 	for pos := lo; pos < hi; {
 		n, err := f.copyUp(ctx, top, pos, hi-pos, p, off, fl)
 		if err != nil {
@@ -215,11 +215,11 @@ func (f *Filter) lockWrite(ctx context.Context, off, n int64) (func(), error) {
 		return func() {}, nil
 	}
 	g := granularity(top)
-	lk, err := f.locks.lock(ctx, alignDown(off, g), alignUp(off+n, g))
+	lk, err := f.locks.Lock(ctx, alignDown(off, g), alignUp(off+n, g))
 	if err != nil {
 		return nil, err
 	}
-	return func() { f.locks.unlock(lk) }, nil
+	return func() { f.locks.Unlock(lk) }, nil
 }
 
 func (f *Filter) WriteAt(ctx context.Context, p []byte, off int64, fl block.Flags) error {

@@ -1,30 +1,34 @@
-package cor
+package block
 
 import (
 	"context"
 	"sync"
 )
 
-// rangeLock serialises requests on overlapping byte ranges. Requests on
-// disjoint ranges do not wait for each other.
-type rangeLock struct {
+// RangeLock serialises work on overlapping byte ranges; work on disjoint
+// ranges does not wait. The copy-on-read filter holds it across a
+// copy-up and the writes through it, and a mirror across each copy, so
+// that old data read before a write can never land after it. The zero
+// value is ready to use.
+type RangeLock struct {
 	mu   sync.Mutex
-	held []*lockedRange // guarded by mu
+	held []*LockedRange // guarded by mu
 }
 
-type lockedRange struct {
+// LockedRange is a range held by a RangeLock.
+type LockedRange struct {
 	lo, hi int64
 	// done is closed on unlock; made only once someone waits. Guarded
 	// by the lock's mu.
 	done chan struct{}
 }
 
-// lock waits until no held range overlaps [lo, hi), then holds it and
+// Lock waits until no held range overlaps [lo, hi), then holds it and
 // returns the handle to unlock. It gives up with ctx's error.
-func (l *rangeLock) lock(ctx context.Context, lo, hi int64) (*lockedRange, error) {
+func (l *RangeLock) Lock(ctx context.Context, lo, hi int64) (*LockedRange, error) {
 	for {
 		l.mu.Lock()
-		var busy *lockedRange
+		var busy *LockedRange
 		for _, r := range l.held {
 			if r.lo < hi && lo < r.hi {
 				busy = r
@@ -32,7 +36,7 @@ func (l *rangeLock) lock(ctx context.Context, lo, hi int64) (*lockedRange, error
 			}
 		}
 		if busy == nil {
-			r := &lockedRange{lo: lo, hi: hi}
+			r := &LockedRange{lo: lo, hi: hi}
 			l.held = append(l.held, r)
 			l.mu.Unlock()
 			return r, nil
@@ -50,8 +54,8 @@ func (l *rangeLock) lock(ctx context.Context, lo, hi int64) (*lockedRange, error
 	}
 }
 
-// unlock releases a range that lock returned.
-func (l *rangeLock) unlock(r *lockedRange) {
+// Unlock releases a range that Lock returned.
+func (l *RangeLock) Unlock(r *LockedRange) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for i, x := range l.held {
