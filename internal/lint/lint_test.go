@@ -43,6 +43,7 @@ func TestDependencies(t *testing.T) {
 		{"pkg/jobs", []string{"pkg/block"}},
 		{"pkg/jobs/stream", []string{"pkg/block", "pkg/jobs"}},
 		{"pkg/jobs/commit", []string{"pkg/block", "pkg/jobs"}},
+		{"pkg/jobs/mirror", []string{"pkg/block", "pkg/jobs"}},
 		{"pkg/formats/file", []string{"pkg/block"}},
 		{"pkg/formats/nullco", []string{"pkg/block"}},
 		{"pkg/formats/raw", []string{"pkg/block"}},

@@ -503,7 +503,15 @@ func (j *Job) SetQuiesce(fn func()) {
 // while the job is paused, and returns ErrCancelled once the job is
 // cancelled hard. A job-complete or a soft cancel ends a sleep early, so
 // that the body can act on it (CancelRequested). See the package doc.
-func (j *Job) Yield(ctx context.Context) error {
+func (j *Job) Yield(ctx context.Context) error { return j.yield(ctx, 0) }
+
+// Sleep is Yield that also waits at least d on the runner's clock (a
+// mirror with nothing to copy polls for new writes so), unless a verb
+// wakes the job first.
+func (j *Job) Sleep(ctx context.Context, d time.Duration) error { return j.yield(ctx, d) }
+
+func (j *Job) yield(ctx context.Context, least time.Duration) error {
+	until := j.r.clock.Now().Add(least)
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	j.signalStartedLocked()
@@ -525,7 +533,8 @@ func (j *Job) Yield(ctx context.Context) error {
 			j.parkLocked()
 			continue
 		}
-		d := j.limit.delay(j.r.clock.Now(), 0)
+		now := j.r.clock.Now()
+		d := max(j.limit.delay(now, 0), until.Sub(now))
 		if d <= 0 {
 			return nil
 		}
@@ -608,6 +617,15 @@ func (j *Job) SetTotal(total int64) {
 func (j *Job) AddProgress(n int64) {
 	j.mu.Lock()
 	j.progress += n
+	j.mu.Unlock()
+}
+
+// SetRemaining sets the total to what is done plus rem (QEMU's
+// job_progress_set_remaining): a mirror's work grows as the source is
+// written.
+func (j *Job) SetRemaining(rem int64) {
+	j.mu.Lock()
+	j.total = j.progress + rem
 	j.mu.Unlock()
 }
 

@@ -6,9 +6,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // commitRef is the reference chain's data after mid was committed into
@@ -268,3 +270,242 @@ func TestCommitKill9(t *testing.T) {
 }
 
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
+
+// TestCommitActive: qsd transcript (d) 2): top committed into base while
+// top is exported writable. The mirror_top filter (named by
+// filter-node-name) shows while the job runs; it gets READY by itself;
+// job-complete moves the export to base, whose data is then the chain's.
+func TestCommitActive(t *testing.T) {
+	d := start(t)
+	mkChain(t, d.Dir)
+	addChain(t, d, nil)
+	sock := startNBD(d)
+	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "exp0", "node-name": "top", "writable": true})
+	d.ClearHistory()
+	d.Cmd("block-commit", map[string]any{"job-id": "c2", "device": "top", "base-node": "base", "filter-node-name": "my-commit-filter"})
+	waitJobEvent(t, d, "BLOCK_JOB_READY", "c2")
+	wantEvents(t, d, "c2", "created", "running", "ready", "BLOCK_JOB_READY")
+	r := eventsOf(d.History(), "BLOCK_JOB_READY", "c2")[0].Data
+	if r["len"] != r["offset"] || r["type"] != "commit" {
+		t.Errorf("BLOCK_JOB_READY %v", r)
+	}
+	if n, ok := namedNodes(d, true)["my-commit-filter"]; !ok || n.Drv != "mirror_top" {
+		t.Errorf("the named mirror_top filter: %+v", n)
+	}
+	var bj []map[string]any
+	d.CmdInto("query-block-jobs", nil, &bj)
+	if len(bj) != 1 || bj[0]["status"] != "ready" || bj[0]["ready"] != true || bj[0]["type"] != "commit" {
+		t.Errorf("query-block-jobs: %v", bj)
+	}
+	// Writes while READY reach base too.
+	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x55 1M 1M", "-c", "write -P 0x56 30M 3M", nbdURI(sock, "top"))
+	d.Cmd("block-job-complete", map[string]any{"device": "c2"})
+	waitStatus(t, d, "c2", "null")
+	wantEvents(t, d, "c2", "created", "running", "ready", "BLOCK_JOB_READY", "waiting", "pending", "BLOCK_JOB_COMPLETED", "concluded", "null")
+	var exps []map[string]any
+	d.CmdInto("query-block-exports", nil, &exps)
+	if len(exps) != 1 || exps[0]["node-name"] != "base" {
+		t.Errorf("export after the pivot: %v", exps)
+	}
+	if _, ok := namedNodes(d, true)["my-commit-filter"]; ok {
+		t.Errorf("the filter outlived the job")
+	}
+	d.DelExport("exp0")
+	d.Quit()
+	ref := refImage(t, d)
+	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x55 1M 1M", "-c", "write -P 0x56 30M 3M", ref)
+	run(t, "qemu-img", "check", d.Path("base.qcow2"))
+	run(t, "qemu-img", "compare", d.Path("base.qcow2"), ref)
+}
+
+// TestCommitActiveCancel: qsd transcript (d) 4) and K-5: without
+// filter-node-name the filter is implicit; a cancel without force in
+// READY ends the job as completed, with force as cancelled; neither
+// moves anyone off top, whose data stays the chain's.
+func TestCommitActiveCancel(t *testing.T) {
+	for _, force := range []bool{false, true} {
+		t.Run(fmt.Sprintf("force %v", force), func(t *testing.T) {
+			d := start(t)
+			mkChain(t, d.Dir)
+			addChain(t, d, nil)
+			d.MustFail("block-commit", map[string]any{"device": "top"}, "GenericError", "Invalid job ID ''")
+			d.Cmd("block-commit", map[string]any{"job-id": "c3", "device": "top"})
+			waitJobEvent(t, d, "BLOCK_JOB_READY", "c3")
+			var implicit []string
+			for name, n := range namedNodes(d, true) {
+				if n.Drv == "mirror_top" {
+					implicit = append(implicit, name)
+				}
+			}
+			if len(implicit) != 1 || !strings.HasPrefix(implicit[0], "#block") {
+				t.Errorf("mirror_top filters: %v", implicit)
+			}
+			d.ClearHistory()
+			d.Cmd("block-job-cancel", map[string]any{"device": "c3", "force": force})
+			waitStatus(t, d, "c3", "null")
+			if force {
+				wantEvents(t, d, "c3", "aborting", "BLOCK_JOB_CANCELLED", "concluded", "null")
+			} else {
+				wantEvents(t, d, "c3", "waiting", "pending", "BLOCK_JOB_COMPLETED", "concluded", "null")
+			}
+			if got := backingOf(d, "top"); got != "mid" {
+				t.Errorf("top's backing after a cancel: %q", got)
+			}
+			sock := startNBD(d)
+			d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "top"})
+			checkChainData(t, nbdURI(sock, "top"))
+			d.DelExport("e0")
+			d.Quit()
+			run(t, "qemu-img", "check", d.Path("base.qcow2"))
+		})
+	}
+}
+
+// TestCommitActiveDefaults: qsd transcript (k) X1: block-commit with
+// neither top nor base is an active commit of the whole chain into its
+// bottom image; complete moves the export there.
+func TestCommitActiveDefaults(t *testing.T) {
+	d := start(t)
+	mkChain(t, d.Dir)
+	addChain(t, d, nil)
+	startNBD(d)
+	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "exp0", "node-name": "top", "writable": true})
+	d.Cmd("block-commit", map[string]any{"job-id": "k", "device": "top"})
+	waitJobEvent(t, d, "BLOCK_JOB_READY", "k")
+	r := eventsOf(d.History(), "BLOCK_JOB_READY", "k")[0].Data
+	// top's 8M and mid's 16M are above base.
+	if r["len"] != float64(24<<20) || r["offset"] != float64(24<<20) {
+		t.Errorf("BLOCK_JOB_READY %v", r)
+	}
+	d.Cmd("job-complete", map[string]any{"id": "k"})
+	waitStatus(t, d, "k", "null")
+	var exps []map[string]any
+	d.CmdInto("query-block-exports", nil, &exps)
+	if len(exps) != 1 || exps[0]["node-name"] != "base" {
+		t.Errorf("export after the pivot: %v", exps)
+	}
+	d.DelExport("exp0")
+	d.Quit()
+	run(t, "qemu-img", "compare", d.Path("base.qcow2"), refImage(t, d))
+}
+
+// TestCommitActiveFilters: qsd transcript (f) A6 and C: an active commit
+// through a throttle filter between top and mid, and one whose device is
+// a throttle filter above top; both complete into base.
+func TestCommitActiveFilters(t *testing.T) {
+	t.Run("filter in the chain", func(t *testing.T) {
+		d := start(t)
+		mkChain(t, d.Dir)
+		addFilterChain(t, d, "throttle")
+		startNBD(d)
+		d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "top", "writable": true})
+		d.Cmd("block-commit", map[string]any{"job-id": "k4", "device": "top", "base-node": "base"})
+		waitJobEvent(t, d, "BLOCK_JOB_READY", "k4")
+		if r := eventsOf(d.History(), "BLOCK_JOB_READY", "k4")[0].Data; r["len"] != float64(24<<20) {
+			t.Errorf("BLOCK_JOB_READY %v", r)
+		}
+		d.Cmd("block-job-complete", map[string]any{"device": "k4"})
+		waitStatus(t, d, "k4", "null")
+		var exps []map[string]any
+		d.CmdInto("query-block-exports", nil, &exps)
+		if len(exps) != 1 || exps[0]["node-name"] != "base" {
+			t.Errorf("export after the pivot: %v", exps)
+		}
+		d.DelExport("e0")
+		d.Quit()
+		run(t, "qemu-img", "compare", d.Path("base.qcow2"), refImage(t, d))
+	})
+	t.Run("device is a filter", func(t *testing.T) {
+		d := start(t)
+		mkChain(t, d.Dir)
+		addChain(t, d, nil)
+		d.Cmd("object-add", map[string]any{"qom-type": "throttle-group", "id": "tg0", "limits": map[string]any{"bps-total": 100 << 20}})
+		d.Cmd("blockdev-add", map[string]any{"driver": "throttle", "node-name": "thr-top", "throttle-group": "tg0", "file": "top"})
+		d.MustFail("block-commit", map[string]any{"job-id": "k6", "device": "thr-top", "top-node": "nosuch", "base-node": "base"}, "GenericError", "Cannot find device='' nor node-name='nosuch'")
+		d.Cmd("block-commit", map[string]any{"job-id": "k7", "device": "thr-top", "base-node": "base"})
+		waitJobEvent(t, d, "BLOCK_JOB_READY", "k7")
+		d.MustFail("object-del", map[string]any{"id": "tg0"}, "GenericError", "object 'tg0' is in use, can not be deleted")
+		d.ClearHistory()
+		// quit with a READY job: drained (standby, ready), then cancelled.
+		d.Quit()
+		wantEvents(t, d, "k7", "standby", "ready", "aborting", "BLOCK_JOB_CANCELLED", "concluded", "null")
+	})
+}
+
+// TestCommitActiveWithWriter: an active commit while a client keeps
+// writing through the export: it gets READY, keeps base in sync, and
+// after complete base holds every write.
+func TestCommitActiveWithWriter(t *testing.T) {
+	d := start(t)
+	mkChain(t, d.Dir)
+	addChain(t, d, nil)
+	sock := startNBD(d)
+	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "top", "writable": true})
+	uri := nbdURI(sock, "top")
+	d.Cmd("block-commit", map[string]any{"job-id": "k", "device": "top", "speed": 16 << 20})
+	var cmds []string
+	for i := 0; i < 40; i++ {
+		cmds = append(cmds, "-c", fmt.Sprintf("write -P %d %dk 100k", 0x40+i%16, 1000+i*1500))
+	}
+	run(t, "qemu-io", append([]string{"-f", "raw"}, append(cmds, uri)...)...)
+	waitJobEvent(t, d, "BLOCK_JOB_READY", "k")
+	run(t, "qemu-io", append([]string{"-f", "raw"}, append(slices.Clone(cmds[:20]), uri)...)...)
+	d.Cmd("block-job-complete", map[string]any{"device": "k"})
+	waitStatus(t, d, "k", "null")
+	if c := eventsOf(d.History(), "BLOCK_JOB_COMPLETED", "k")[0].Data; c["error"] != nil {
+		t.Fatalf("BLOCK_JOB_COMPLETED %v", c)
+	}
+	d.DelExport("e0")
+	d.Quit()
+	ref := refImage(t, d)
+	run(t, "qemu-io", append([]string{"-f", "raw"}, append(cmds, ref)...)...)
+	run(t, "qemu-img", "check", d.Path("base.qcow2"))
+	run(t, "qemu-img", "compare", d.Path("base.qcow2"), ref)
+}
+
+// waitJobEvent waits for event name of job id (BLOCK_JOB_READY comes
+// after the "ready" status change: wait for the event itself).
+func waitJobEvent(t *testing.T, d *Daemon, name, id string) Event {
+	t.Helper()
+	if !d.WaitHistory(func(ev []Event) bool { return len(eventsOf(ev, name, id)) > 0 }, 30*time.Second) {
+		t.Fatalf("no %s of job %s: %v", name, id, jobEvents(d.History(), id))
+	}
+	return eventsOf(d.History(), name, id)[0]
+}
+
+// TestCommitActiveKill9: kill -9 during an active commit, while it copies
+// and in READY after writes: every image passes qemu-img check (leaks
+// allowed) and top, still the active layer, reads the chain's data with
+// the writes.
+func TestCommitActiveKill9(t *testing.T) {
+	for _, when := range []string{"copying", "ready"} {
+		t.Run(when, func(t *testing.T) {
+			d := start(t)
+			mkChain(t, d.Dir)
+			addChain(t, d, nil)
+			sock := startNBD(d)
+			d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "top", "writable": true})
+			writes := []string{"-c", "write -P 0x61 2M 1M", "-c", "write -P 0x62 20M 2M", "-c", "flush"}
+			if when == "copying" {
+				d.Cmd("block-commit", map[string]any{"job-id": "k", "device": "top", "speed": 8 << 20})
+				waitProgress(t, d, "k", 4<<20)
+				run(t, "qemu-io", append([]string{"-f", "raw"}, append(slices.Clone(writes), nbdURI(sock, "top"))...)...)
+			} else {
+				d.Cmd("block-commit", map[string]any{"job-id": "k", "device": "top"})
+				waitJobEvent(t, d, "BLOCK_JOB_READY", "k")
+				run(t, "qemu-io", append([]string{"-f", "raw"}, append(slices.Clone(writes), nbdURI(sock, "top"))...)...)
+			}
+			d.cmd.Process.Signal(syscall.SIGKILL)
+			<-d.done
+			for _, img := range []string{"base.qcow2", "mid.qcow2", "top.qcow2"} {
+				out, err := runErr("qemu-img", "check", d.Path(img))
+				if ex, ok := err.(*exec.ExitError); err != nil && !(ok && ex.ExitCode() == 3) {
+					t.Fatalf("qemu-img check %s after kill -9: %v\n%s", img, err, out)
+				}
+			}
+			ref := refImage(t, d)
+			run(t, "qemu-io", append([]string{"-f", "raw"}, append(slices.Clone(writes[:4]), ref)...)...)
+			run(t, "qemu-img", "compare", d.Path("top.qcow2"), ref)
+		})
+	}
+}

@@ -156,6 +156,7 @@ type Intermediate struct {
 
 	// Set by Setup; read by Run between Yields and by the graph steps.
 	job        *jobs.Job
+	main       *block.Root // on the device; holds the committed images
 	filter     *block.Node // commit_top, above top
 	overlay    *block.Node // the lowest node above base that stays (base's COW overlay)
 	frozen     []*block.Child
@@ -176,6 +177,7 @@ func (c *Intermediate) Setup(ctx context.Context, tx *block.Txn, j *jobs.Job) er
 	if err != nil {
 		return err
 	}
+	c.main = main
 	if base.ReadOnly() {
 		if err := tx.ReopenReadOnly(ctx, base, false); err != nil {
 			return err
@@ -343,6 +345,9 @@ func (c *Intermediate) Abort(ctx context.Context, tx *block.Txn) {
 			tx.Graph().Logger().WithError(err).Error("commit: removing the commit_top filter")
 		}
 	}
+	// The job's holds (no consistent read below top) would stand in the
+	// way of top's users, now that the filter is gone.
+	c.job.ReleaseRoot(tx, c.main)
 }
 
 // Clean implements jobs.Cleaner: base is read-only again if it was.
@@ -387,10 +392,29 @@ func (c *Job) Check(ctx context.Context, tx *block.Txn, j *jobs.Job) error {
 		return err
 	}
 	if t.active {
-		return errors.New("Active commit is not supported by blockd yet")
+		c.b = &Active{a: c.a, t: t}
+	} else {
+		c.b = &Intermediate{a: c.a, t: t}
 	}
-	c.b = &Intermediate{a: c.a, t: t}
 	return nil
+}
+
+// Complete implements jobs.Completer: only an active commit waits for it
+// (the runner refuses the verb before READY).
+func (c *Job) Complete() error {
+	if a, ok := c.b.(*Active); ok {
+		return a.Complete()
+	}
+	return fmt.Errorf("The active block job cannot be completed")
+}
+
+// Cancel implements jobs.Canceler: an active commit in READY may be
+// cancelled softly; anything else stops at once.
+func (c *Job) Cancel(force bool) bool {
+	if a, ok := c.b.(*Active); ok && a.engine != nil {
+		return a.Cancel(force)
+	}
+	return true
 }
 
 func (c *Job) Setup(ctx context.Context, tx *block.Txn, j *jobs.Job) error {
