@@ -509,3 +509,49 @@ func TestCommitActiveKill9(t *testing.T) {
 		})
 	}
 }
+
+// TestStreamAndCommitDisjoint: a stream into an intermediate image (n2,
+// from n1 down to base n0) while an active commit of the top (n4) into n3
+// runs above it, as QEMU's iotest 030 does: both finish, and the chain
+// reads what it read before.
+func TestStreamAndCommitDisjoint(t *testing.T) {
+	d := start(t)
+	img := func(i int) string { return d.Path(fmt.Sprintf("img%d.qcow2", i)) }
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", img(0), "64M")
+	run(t, "qemu-io", "-c", "write -P 10 0 8M", img(0))
+	for i := 1; i <= 4; i++ {
+		run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", filepath.Base(img(i-1)), "-F", "qcow2", img(i))
+		run(t, "qemu-io", "-c", fmt.Sprintf("write -P %d %dM 8M", 10+i, i*8), img(i))
+	}
+	for i := 0; i <= 4; i++ {
+		o := map[string]any{"driver": "qcow2", "node-name": fmt.Sprintf("n%d", i), "file": map[string]any{"driver": "file", "filename": img(i)}}
+		if i > 0 {
+			o["backing"] = fmt.Sprintf("n%d", i-1)
+		}
+		d.Cmd("blockdev-add", o)
+	}
+	d.Cmd("block-stream", map[string]any{"job-id": "s", "device": "n2", "base-node": "n0", "speed": 4 << 20})
+	d.Cmd("block-commit", map[string]any{"job-id": "c", "device": "n4", "base-node": "n3"})
+	waitJobEvent(t, d, "BLOCK_JOB_READY", "c")
+	d.Cmd("block-job-complete", map[string]any{"device": "c"})
+	waitStatus(t, d, "c", "null")
+	d.Cmd("block-job-set-speed", map[string]any{"device": "s", "speed": 0})
+	waitStatus(t, d, "s", "null")
+	for _, id := range []string{"s", "c"} {
+		if c := eventsOf(d.History(), "BLOCK_JOB_COMPLETED", id)[0].Data; c["error"] != nil {
+			t.Errorf("job %s: %v", id, c)
+		}
+	}
+	if got := backingOf(d, "n2"); got != "n0" {
+		t.Errorf("n2's backing after the stream: %q", got)
+	}
+	d.Quit()
+	var cmds []string
+	for i := 0; i <= 4; i++ {
+		cmds = append(cmds, "-c", fmt.Sprintf("read -P %d %dM 8M", 10+i, i*8))
+	}
+	// n3 is now the active image, holding n4's data, over n2 over n0.
+	run(t, "qemu-io", append(append([]string{"-r"}, cmds...), img(3))...)
+	run(t, "qemu-img", "check", img(2))
+	run(t, "qemu-img", "check", img(3))
+}

@@ -119,9 +119,14 @@ func resolve(g *block.Graph, a Args) (target, error) {
 			return t, errNoBacking
 		}
 	}
+	// Everything from top down to base must allow a commit; what lies
+	// below base may belong to another job (a stream further down).
 	for n := top; n != nil; n = next(n) {
 		if err := n.Blocked(block.OpCommitTarget); err != nil {
 			return t, err
+		}
+		if n == base {
+			break
 		}
 	}
 	if top == base {
