@@ -289,3 +289,31 @@ func samePath(a, b string) bool {
 	sb, errB := os.Stat(b)
 	return errA == nil && errB == nil && os.SameFile(sa, sb)
 }
+
+// ReplaceChecker is implemented by drivers that can tell whether one of
+// the nodes below them may be replaced by a copy of theirs (quorum: a
+// child only it uses). It is asked on the node's own Impl.
+type ReplaceChecker interface {
+	CanReplace(to *Node) bool
+}
+
+// CanReplace reports whether to, a node at or below from, may be replaced
+// by a node that shows from's data (a mirror's 'replaces'): to is from,
+// or lies below filters of from, or below a driver that vouches for it.
+// Anything else could change what readers of to see abruptly.
+func CanReplace(from, to *Node) bool {
+	for n := from; n != nil; {
+		if n == to {
+			return true
+		}
+		if rc, ok := n.impl.(ReplaceChecker); ok {
+			return rc.CanReplace(to)
+		}
+		c := FilteredChild(n)
+		if c == nil {
+			return false
+		}
+		n = c.Node()
+	}
+	return false
+}

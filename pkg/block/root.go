@@ -145,6 +145,10 @@ func (r *Root) ParentInfo() (kind, name string) { return r.kind, r.name }
 // Child is the root's edge.
 func (r *Root) Child() *Child { return r.child }
 
+// Edges are the root's edge and those it holds (Hold). Call under the
+// graph lock.
+func (r *Root) Edges() []*Child { return append([]*Child{r.child}, r.held...) }
+
 // Node is the node the root uses now (it follows graph changes).
 func (r *Root) Node() *Node { return r.child.Node() }
 

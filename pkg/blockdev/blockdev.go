@@ -100,6 +100,7 @@ func (s *Server) handlers() map[string]qmp.Handler {
 		"block-job-set-speed":       qmp.Command(s.blockJobSetSpeed),
 		"block-stream":              qmp.Command(s.blockStream),
 		"block-commit":              qmp.Command(s.blockCommit),
+		"blockdev-mirror":           qmp.Command(s.blockdevMirror),
 		"change-backing-file":       qmp.Command(s.changeBackingFile),
 		"nbd-server-start":          qmp.Command(s.nbdServerStart),
 		"nbd-server-stop":           qmp.Command(s.nbdServerStop),

@@ -58,7 +58,11 @@ func (j *Job) IOError(err error, read bool) Action {
 		return ActionReport
 	}
 	action := ActionReport
-	switch j.opts.OnError {
+	policy := j.opts.OnError
+	if !read && j.opts.OnTargetError != "" {
+		policy = j.opts.OnTargetError
+	}
+	switch policy {
 	case OnErrorIgnore:
 		action = ActionIgnore
 	case OnErrorStop:
@@ -169,6 +173,19 @@ func (j *Job) ReleaseRoot(tx *block.Txn, r *block.Root) {
 		j.roots = append(j.roots, r)
 		j.mu.Unlock()
 	})
+}
+
+// Owns reports whether edge c is one of the job's own (a root's, or one
+// its roots hold): a pivot moves everyone else's.
+func (j *Job) Owns(c *block.Child) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for _, r := range j.roots {
+		if slices.Contains(r.Edges(), c) {
+			return true
+		}
+	}
+	return false
 }
 
 // Hold makes the job a user of n too ("active node", "intermediate

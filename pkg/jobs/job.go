@@ -75,6 +75,9 @@ type Options struct {
 	BlockJob bool
 	Speed    int64 // bytes per second; 0: unlimited
 	OnError  OnError
+	// OnTargetError, if set, is the policy for failed writes (a mirror's
+	// on-target-error); OnError then covers reads only.
+	OnTargetError OnError
 }
 
 // ErrCancelled is what Yield returns once the job is cancelled.

@@ -447,3 +447,21 @@ func (q *Quorum) Truncate(ctx context.Context, size int64, exact bool) error {
 }
 
 func (q *Quorum) Close() error { return nil }
+
+// CanReplace implements block.ReplaceChecker: a child may be replaced by a
+// copy of the quorum's data only if nothing but the quorum uses it (its
+// own data may differ from the quorum's: a corrupted child is what a
+// mirror with 'replaces' repairs); a node further below only if a child
+// vouches for it. Call under the graph lock.
+func (q *Quorum) CanReplace(to *block.Node) bool {
+	for _, c := range q.children {
+		if c.Node() == to {
+			ps := to.Parents()
+			return len(ps) == 1 && ps[0] == c
+		}
+		if block.CanReplace(c.Node(), to) {
+			return true
+		}
+	}
+	return false
+}
