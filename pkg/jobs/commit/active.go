@@ -81,11 +81,11 @@ func (c *Active) Setup(ctx context.Context, tx *block.Txn, j *jobs.Job) error {
 	if err != nil {
 		return err
 	}
-	bm, err := c.filter.AddDirtyBitmap("", granularity)
+	bm, err := top.AddDirtyBitmap("", granularity)
 	if err != nil {
 		return err
 	}
-	tx.OnUndo(func() { c.filter.RemoveDirtyBitmap(bm) })
+	tx.OnUndo(func() { top.RemoveDirtyBitmap(bm) })
 	c.engine = &mirror.Engine{Job: j, Source: source, Target: target, Bitmap: bm,
 		Chunk: chunkSize, Parallel: parallel, Unmap: true}
 	return nil
@@ -182,7 +182,7 @@ func (c *Active) dropFilter(tx *block.Txn) error {
 // become the active layer is read-only again.
 func (c *Active) Clean(ctx context.Context, tx *block.Txn) {
 	if c.engine != nil {
-		c.filter.RemoveDirtyBitmap(c.engine.Bitmap)
+		c.t.top.RemoveDirtyBitmap(c.engine.Bitmap)
 		c.job.ReleaseRoot(tx, c.engine.Target)
 	}
 	if !c.baseWasRO || c.pivoted {

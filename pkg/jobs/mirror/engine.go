@@ -19,9 +19,9 @@ const pollInterval = 100 * time.Millisecond
 // part blockdev-mirror and an active block-commit share (QEMU's mirror.c
 // serves both too).
 //
-// What must be copied is kept in a dirty bitmap on the mirror_top filter
-// above the source, which every write to the source passes: Init marks
-// the first copy, the source's users' writes mark the rest. Run copies
+// What must be copied is kept in a dirty bitmap on the source, whose
+// users all write through the mirror_top filter above it: Init marks the
+// first copy, their writes mark the rest. Run copies
 // dirty ranges, several at once (a range is never copied twice at the
 // same time: the old copy could land after the new one), until nothing is
 // dirty; then the job is READY and Run goes on copying what is written,
@@ -32,7 +32,7 @@ type Engine struct {
 	Job      *jobs.Job
 	Source   *block.Root        // reads the source through the filter
 	Target   *block.Root        // writes the target
-	Bitmap   *block.DirtyBitmap // the filter's
+	Bitmap   *block.DirtyBitmap // the source's
 	Chunk    int64              // largest copy: a multiple of the granularity
 	Parallel int                // copies in flight
 	Unmap    bool               // zeroes may deallocate the target
@@ -191,6 +191,29 @@ func (e *Engine) copy(ctx context.Context, off int64, buf []byte) (read bool, er
 		return false, e.Target.Zero(ctx, off, int64(len(buf)), f)
 	}
 	return false, e.Target.WriteAt(ctx, buf, off, 0)
+}
+
+// activeWrite is a write of a user through the filter in write-blocking
+// mode: with the range held against the job's copies (one of them could
+// otherwise land old data after it), the write goes to the source, then
+// to the target; the granules it covers whole are then in sync. A failed
+// target write leaves them dirty for the job to copy: the user's write
+// succeeded on the source.
+func (e *Engine) activeWrite(ctx context.Context, off, n int64, source, target func() error) error {
+	g := e.Bitmap.Granularity()
+	lo, hi := off-off%g, (off+n+g-1)/g*g
+	lk, err := e.inflight.Lock(ctx, lo, hi)
+	if err != nil {
+		return err
+	}
+	defer e.inflight.Unlock(lk)
+	if err := source(); err != nil {
+		return err
+	}
+	if target() == nil {
+		e.Bitmap.Reset(off, n)
+	}
+	return nil
 }
 
 func (e *Engine) failure() error {

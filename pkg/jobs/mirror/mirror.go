@@ -217,11 +217,14 @@ func (m *Mirror) Setup(ctx context.Context, tx *block.Txn, j *jobs.Job) error {
 		return err
 	}
 	m.gran = m.granularity()
-	bm, err := m.filter.AddDirtyBitmap("", m.gran)
+	// On the source itself, so that a write through the filter marks it
+	// inside the filter's write (write-blocking mode clears it again once
+	// the target has the data too).
+	bm, err := m.source.AddDirtyBitmap("", m.gran)
 	if err != nil {
 		return err
 	}
-	tx.OnUndo(func() { m.filter.RemoveDirtyBitmap(bm) })
+	tx.OnUndo(func() { m.source.RemoveDirtyBitmap(bm) })
 	bufSize := m.a.BufSize
 	if bufSize == 0 {
 		bufSize = defaultBufSize
@@ -233,6 +236,10 @@ func (m *Mirror) Setup(ctx context.Context, tx *block.Txn, j *jobs.Job) error {
 	chunk = max(chunk/m.gran*m.gran, m.gran)
 	par := int(min(max(bufSize/chunk, 1), maxParallel))
 	m.engine = &Engine{Job: j, Source: source, Target: target, Bitmap: bm, Chunk: chunk, Parallel: par, Unmap: m.a.Unmap}
+	if m.a.CopyMode == "write-blocking" {
+		setActive(m.filter, m.engine)
+		tx.OnUndo(func() { setActive(m.filter, nil) })
+	}
 	return nil
 }
 
@@ -348,6 +355,7 @@ func (m *Mirror) Prepare(ctx context.Context, tx *block.Txn) error {
 // dropFilter removes the filter (its users go to what it filters: the
 // target, after a pivot) and the job's edges.
 func (m *Mirror) dropFilter(tx *block.Txn) error {
+	setActive(m.filter, nil) // drained: no write is on its way through it
 	if err := tx.RemoveFilter(m.filter); err != nil {
 		return err
 	}
@@ -368,6 +376,6 @@ func (m *Mirror) Abort(ctx context.Context, tx *block.Txn) {
 // Clean implements jobs.Cleaner.
 func (m *Mirror) Clean(ctx context.Context, tx *block.Txn) {
 	if m.engine != nil {
-		m.filter.RemoveDirtyBitmap(m.engine.Bitmap)
+		m.source.RemoveDirtyBitmap(m.engine.Bitmap)
 	}
 }

@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"context"
+	"sync/atomic"
 
 	"github.com/blockd/blockd/pkg/block"
 )
@@ -23,6 +24,50 @@ type TopOptions struct {
 type top struct {
 	block.Forward
 	commit bool
+	// active is the engine of a write-blocking mirror: writes through the
+	// filter reach the target before they complete. nil: background.
+	active atomic.Pointer[Engine]
+}
+
+// setActive makes the filter on node n mirror its writes synchronously
+// through e.
+func setActive(n *block.Node, e *Engine) {
+	if t, ok := n.Impl().(*top); ok {
+		t.active.Store(e)
+	}
+}
+
+// WriteAt implements block.Impl.
+func (t *top) WriteAt(ctx context.Context, p []byte, off int64, fl block.Flags) error {
+	e := t.active.Load()
+	if e == nil {
+		return t.C.WriteAt(ctx, p, off, fl)
+	}
+	return e.activeWrite(ctx, off, int64(len(p)),
+		func() error { return t.C.WriteAt(ctx, p, off, fl) },
+		func() error { return e.Target.WriteAt(ctx, p, off, 0) })
+}
+
+// Zero implements block.Impl.
+func (t *top) Zero(ctx context.Context, off, n int64, fl block.Flags) error {
+	e := t.active.Load()
+	if e == nil {
+		return t.C.Zero(ctx, off, n, fl)
+	}
+	return e.activeWrite(ctx, off, n,
+		func() error { return t.C.Zero(ctx, off, n, fl) },
+		func() error { return e.Target.Zero(ctx, off, n, fl&block.FlagMayUnmap) })
+}
+
+// Discard implements block.Impl: the target forgets the range too.
+func (t *top) Discard(ctx context.Context, off, n int64) error {
+	e := t.active.Load()
+	if e == nil {
+		return t.C.Discard(ctx, off, n)
+	}
+	return e.activeWrite(ctx, off, n,
+		func() error { return t.C.Discard(ctx, off, n) },
+		func() error { return e.Target.Discard(ctx, off, n) })
 }
 
 func openTop(ctx context.Context, o *block.Opener, opts *TopOptions) (block.Impl, error) {
