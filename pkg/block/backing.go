@@ -94,3 +94,7 @@ func probe(path string) (string, error) {
 	}
 	return best, nil
 }
+
+// ProbeFormat guesses the format of an image file from its first bytes,
+// as opening a backing file without a format does.
+func ProbeFormat(path string) (string, error) { return probe(path) }

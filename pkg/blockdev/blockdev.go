@@ -101,6 +101,7 @@ func (s *Server) handlers() map[string]qmp.Handler {
 		"block-stream":              qmp.Command(s.blockStream),
 		"block-commit":              qmp.Command(s.blockCommit),
 		"blockdev-mirror":           qmp.Command(s.blockdevMirror),
+		"drive-mirror":              qmp.Command(s.driveMirror),
 		"change-backing-file":       qmp.Command(s.changeBackingFile),
 		"nbd-server-start":          qmp.Command(s.nbdServerStart),
 		"nbd-server-stop":           qmp.Command(s.nbdServerStop),

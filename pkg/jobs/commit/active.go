@@ -131,7 +131,6 @@ func (c *Active) Prepare(ctx context.Context, tx *block.Txn) error {
 	frozen := c.frozen
 	c.frozen = nil
 	tx.OnUndo(func() { c.frozen = frozen })
-	c.job.ReleaseRoot(tx, c.engine.Target) // base's users may write it now
 	if !c.engine.Completing() {
 		// A soft cancel in READY: base is in sync, nothing moves.
 		return c.dropFilter(tx)
@@ -175,6 +174,7 @@ func (c *Active) dropFilter(tx *block.Txn) error {
 		return err
 	}
 	c.job.ReleaseRoot(tx, c.engine.Source)
+	c.job.ReleaseRoot(tx, c.engine.Target) // base's users may write it now
 	return nil
 }
 

@@ -47,6 +47,14 @@ type Args struct {
 	// not hold data (blockdev-mirror with sync=full; drive-mirror decides
 	// from the image it made).
 	ZeroTarget bool
+	// TargetOptions, if set, open the target (drive-mirror): the node
+	// belongs to the job until the pivot gives it users. Target is then
+	// not looked up.
+	TargetOptions json.RawMessage
+	// LinkBacking (drive-mirror, mode absolute-paths) gives the target, on
+	// complete, the backing the image it was made with names: the
+	// source's backing with sync=top, the source with sync=none.
+	LinkBacking bool
 }
 
 const (
@@ -95,8 +103,12 @@ func (m *Mirror) Check(ctx context.Context, tx *block.Txn, j *jobs.Job) error {
 	if !isRoot(src) {
 		return errors.New("Need a root block node")
 	}
-	tgt, err := g.FindNode(a.Target)
-	if err != nil {
+	var tgt *block.Node
+	if a.TargetOptions != nil {
+		if tgt, err = tx.Open(ctx, a.TargetOptions, false); err != nil {
+			return err
+		}
+	} else if tgt, err = g.FindNode(a.Target); err != nil {
 		return err
 	}
 	if a.Granularity != 0 && (a.Granularity < 512 || a.Granularity > 64<<20) {
@@ -321,11 +333,20 @@ func (m *Mirror) Prepare(ctx context.Context, tx *block.Txn) error {
 	if err := m.engine.FinalSync(ctx); err != nil {
 		return jobs.WriteError(err)
 	}
-	// The job writes the target no more: its users may (QEMU drops the
-	// job's target permissions here too).
-	m.job.ReleaseRoot(tx, m.engine.Target)
 	if !m.engine.Completing() {
 		return m.dropFilter(tx) // a soft cancel in READY: the target is in sync
+	}
+	if m.a.LinkBacking {
+		// The image names this backing already; the graph follows now.
+		b := m.base
+		if m.a.Sync == SyncNone {
+			b = m.source
+		}
+		if b != nil && block.COWChild(block.SkipFilters(m.target)) == nil {
+			if err := tx.SetBacking(block.SkipFilters(m.target), b); err != nil {
+				return err
+			}
+		}
 	}
 	r := m.toReplace
 	if r.ReadOnly() != m.target.ReadOnly() {
@@ -353,13 +374,17 @@ func (m *Mirror) Prepare(ctx context.Context, tx *block.Txn) error {
 }
 
 // dropFilter removes the filter (its users go to what it filters: the
-// target, after a pivot) and the job's edges.
+// target, after a pivot) and then the job's edges, so that the target's
+// new users may write it (QEMU drops the job's target permissions too).
+// The job's edges go last: a drive-mirror target nobody else uses would
+// be closed with them.
 func (m *Mirror) dropFilter(tx *block.Txn) error {
 	setActive(m.filter, nil) // drained: no write is on its way through it
 	if err := tx.RemoveFilter(m.filter); err != nil {
 		return err
 	}
 	m.job.ReleaseRoot(tx, m.engine.Source)
+	m.job.ReleaseRoot(tx, m.engine.Target)
 	return nil
 }
 
