@@ -402,3 +402,60 @@ func TestDriveMirrorErrors(t *testing.T) {
 	d.MustFail("drive-mirror", map[string]any{"job-id": "dm", "device": "top", "target": d.Path("x.qcow2"), "sync": "full", "mode": "bogus"},
 		"GenericError", "Parameter 'mode' does not accept value 'bogus'")
 }
+
+// TestMirrorOnTargetError: the target's file is a blkdebug node that
+// fails the first write it gets. on-target-error=stop pauses the job
+// (BLOCK_JOB_ERROR operation "write", io-status failed) and resume
+// retries; the default (report) ends the job with the error and leaves
+// the source as it was.
+func TestMirrorOnTargetError(t *testing.T) {
+	for _, policy := range []string{"stop", "report"} {
+		t.Run(policy, func(t *testing.T) {
+			d := start(t)
+			mkChain(t, d.Dir)
+			addChain(t, d, nil)
+			run(t, "qemu-img", "create", "-q", "-f", "raw", d.Path("tgt.raw"), "64M")
+			d.Cmd("blockdev-add", map[string]any{"driver": "raw", "node-name": "tgt", "file": map[string]any{"driver": "blkdebug", "node-name": "dbg",
+				"image":        map[string]any{"driver": "file", "filename": d.Path("tgt.raw")},
+				"inject-error": []any{map[string]any{"event": "write_aio", "errno": 5, "once": true}}}})
+			args := map[string]any{"job-id": "m", "device": "top", "target": "tgt", "sync": "full", "auto-dismiss": false}
+			if policy == "stop" {
+				args["on-target-error"] = "stop"
+			}
+			d.Cmd("blockdev-mirror", args)
+			if policy == "stop" {
+				waitStatus(t, d, "m", "paused")
+				e := eventsOf(d.History(), "BLOCK_JOB_ERROR", "m")
+				if len(e) == 0 || e[0].Data["operation"] != "write" || e[0].Data["action"] != "stop" {
+					t.Fatalf("BLOCK_JOB_ERROR %v", e)
+				}
+				var bj []map[string]any
+				d.CmdInto("query-block-jobs", nil, &bj)
+				if bj[0]["io-status"] != "failed" {
+					t.Errorf("io-status %v", bj[0]["io-status"])
+				}
+				d.Cmd("block-job-resume", map[string]any{"device": "m"})
+				waitJobEvent(t, d, "BLOCK_JOB_READY", "m")
+				d.Cmd("block-job-cancel", map[string]any{"device": "m"})
+				waitStatus(t, d, "m", "concluded")
+				if c := eventsOf(d.History(), "BLOCK_JOB_COMPLETED", "m")[0].Data; c["error"] != nil {
+					t.Errorf("BLOCK_JOB_COMPLETED %v", c)
+				}
+			} else {
+				waitStatus(t, d, "m", "concluded")
+				if c := eventsOf(d.History(), "BLOCK_JOB_COMPLETED", "m")[0].Data; c["error"] != "Input/output error" {
+					t.Errorf("BLOCK_JOB_COMPLETED %v", c)
+				}
+				if e := eventsOf(d.History(), "BLOCK_JOB_ERROR", "m"); len(e) == 0 || e[0].Data["action"] != "report" || e[0].Data["operation"] != "write" {
+					t.Errorf("BLOCK_JOB_ERROR %v", e)
+				}
+			}
+			d.Cmd("job-dismiss", map[string]any{"id": "m"})
+			d.Quit()
+			run(t, "qemu-img", "compare", d.Path("top.qcow2"), refImage(t, d))
+			if policy == "stop" {
+				run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", d.Path("tgt.raw"), refImage(t, d))
+			}
+		})
+	}
+}
