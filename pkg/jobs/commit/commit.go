@@ -58,6 +58,58 @@ func isRoot(n *block.Node) bool {
 	return true
 }
 
+// resolveTop finds the top image the arguments name (default: the
+// device).
+func resolveTop(g *block.Graph, a Args, dev *block.Node) (*block.Node, error) {
+	top := dev
+	switch {
+	case a.TopNode != nil && a.Top != nil:
+		return nil, errors.New("'top-node' and 'top' are mutually exclusive")
+	case a.TopNode != nil:
+		var err error
+		if top, err = lookup(g, *a.TopNode); err != nil {
+			return nil, err
+		}
+		if !block.InChain(dev, top) {
+			return nil, fmt.Errorf("'%s' is not in this backing file chain", *a.TopNode)
+		}
+	case a.Top != nil && dev.Filename() != *a.Top:
+		top = block.FindBackingImage(dev, *a.Top)
+	}
+	if top == nil {
+		return nil, fmt.Errorf("Top image file %s not found", *a.Top)
+	}
+	return top, nil
+}
+
+// resolveBase finds the base the arguments name (default: the bottom of
+// top's chain).
+func resolveBase(g *block.Graph, a Args, top *block.Node) (*block.Node, error) {
+	switch {
+	case a.BaseNode != nil && a.Base != nil:
+		return nil, errors.New("'base-node' and 'base' are mutually exclusive")
+	case a.BaseNode != nil:
+		base, err := lookup(g, *a.BaseNode)
+		if err != nil {
+			return nil, err
+		}
+		if !block.InChain(top, base) {
+			return nil, fmt.Errorf("'%s' is not in this backing file chain", *a.BaseNode)
+		}
+		return base, nil
+	case a.Base != nil:
+		base := block.FindBackingImage(top, *a.Base)
+		if base == nil {
+			return nil, fmt.Errorf("Can't find '%s' in the backing chain", *a.Base)
+		}
+		return base, nil
+	}
+	if base := block.FindOverlay(top, nil); base != nil {
+		return base, nil
+	}
+	return nil, errNoBacking
+}
+
 // target is what the arguments name, resolved and checked.
 type target struct {
 	device, top, base *block.Node
@@ -79,48 +131,14 @@ func resolve(g *block.Graph, a Args) (target, error) {
 	if err := dev.Blocked(block.OpCommitSource); err != nil {
 		return t, err
 	}
-	top := dev
-	switch {
-	case a.TopNode != nil && a.Top != nil:
-		return t, errors.New("'top-node' and 'top' are mutually exclusive")
-	case a.TopNode != nil:
-		var err error
-		if top, err = lookup(g, *a.TopNode); err != nil {
-			return t, err
-		}
-		if !block.InChain(dev, top) {
-			return t, fmt.Errorf("'%s' is not in this backing file chain", *a.TopNode)
-		}
-	case a.Top != nil && dev.Filename() != *a.Top:
-		top = block.FindBackingImage(dev, *a.Top)
+	top, err := resolveTop(g, a, dev)
+	if err != nil {
+		return t, err
 	}
-	if top == nil {
-		return t, fmt.Errorf("Top image file %s not found", *a.Top)
+	base, err := resolveBase(g, a, top)
+	if err != nil {
+		return t, err
 	}
-	var base *block.Node
-	switch {
-	case a.BaseNode != nil && a.Base != nil:
-		return t, errors.New("'base-node' and 'base' are mutually exclusive")
-	case a.BaseNode != nil:
-		var err error
-		if base, err = lookup(g, *a.BaseNode); err != nil {
-			return t, err
-		}
-		if !block.InChain(top, base) {
-			return t, fmt.Errorf("'%s' is not in this backing file chain", *a.BaseNode)
-		}
-	case a.Base != nil:
-		if base = block.FindBackingImage(top, *a.Base); base == nil {
-			return t, fmt.Errorf("Can't find '%s' in the backing chain", *a.Base)
-		}
-	default:
-		// The bottom of top's chain.
-		if base = block.FindOverlay(top, nil); base == nil {
-			return t, errNoBacking
-		}
-	}
-	// Everything from top down to base must allow a commit; what lies
-	// below base may belong to another job (a stream further down).
 	for n := top; n != nil; n = next(n) {
 		if err := n.Blocked(block.OpCommitTarget); err != nil {
 			return t, err

@@ -127,30 +127,8 @@ func (m *Mirror) Check(ctx context.Context, tx *block.Txn, j *jobs.Job) error {
 	if sync == SyncTop && block.BackingChainNext(src) == nil {
 		sync = SyncFull
 	}
-	replaces := a.Replaces
-	if replaces == nil {
-		// Mirror from the device but keep implicit filters on top.
-		if u := block.SkipImplicitFilters(src); u != src {
-			name := u.Name()
-			replaces = &name
-		}
-	}
-	m.toReplace = src
-	if replaces != nil {
-		r := g.Lookup(*replaces)
-		if r == nil {
-			return fmt.Errorf("Failed to find node with node-name='%s'", *replaces)
-		}
-		if err := r.Blocked(block.OpReplace); err != nil {
-			return err
-		}
-		if !block.CanReplace(src, r) || r == tgt || block.InChain(tgt, r) {
-			return fmt.Errorf("Cannot replace '%s' by a node mirrored from '%s', because it cannot be guaranteed that doing so would not lead to an abrupt change of visible data", *replaces, a.Device)
-		}
-		if r.Size() != src.Size() {
-			return errors.New("cannot replace image with a mirror image of different size")
-		}
-		m.toReplace = r
+	if m.toReplace, err = toReplace(g, a, src, tgt); err != nil {
+		return err
 	}
 	switch sync {
 	case "incremental", "bitmap":
@@ -183,6 +161,36 @@ func (m *Mirror) Check(ctx context.Context, tx *block.Txn, j *jobs.Job) error {
 	}
 	m.filter, err = tx.InsertFilter(ctx, src, raw, a.FilterNodeName == nil)
 	return err
+}
+
+// toReplace finds the node the target replaces on complete, with qsd's
+// checks: the device, unless 'replaces' names another (or the device has
+// implicit filters on top, which stay).
+func toReplace(g *block.Graph, a Args, src, tgt *block.Node) (*block.Node, error) {
+	replaces := a.Replaces
+	if replaces == nil {
+		if u := block.SkipImplicitFilters(src); u != src {
+			name := u.Name()
+			replaces = &name
+		}
+	}
+	if replaces == nil {
+		return src, nil
+	}
+	r := g.Lookup(*replaces)
+	if r == nil {
+		return nil, fmt.Errorf("Failed to find node with node-name='%s'", *replaces)
+	}
+	if err := r.Blocked(block.OpReplace); err != nil {
+		return nil, err
+	}
+	if !block.CanReplace(src, r) || r == tgt || block.InChain(tgt, r) {
+		return nil, fmt.Errorf("Cannot replace '%s' by a node mirrored from '%s', because it cannot be guaranteed that doing so would not lead to an abrupt change of visible data", *replaces, a.Device)
+	}
+	if r.Size() != src.Size() {
+		return nil, errors.New("cannot replace image with a mirror image of different size")
+	}
+	return r, nil
 }
 
 // reachesNode reports whether n is from or lies below it, through any
