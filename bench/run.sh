@@ -9,5 +9,5 @@ echo "== NBD export, raw image =="
 go run ./bench/nbdbench -blockd bin/blockd "$@"
 echo "== throttle filter: rate held against the configured limit =="
 go run ./bench/throttlebench -blockd bin/blockd
-echo "== block-stream: a qcow2 chain streamed into its top image =="
-go run ./bench/streambench -blockd bin/blockd
+echo "== block jobs: stream, commit and mirror of a qcow2 chain =="
+go run ./bench/jobbench -blockd bin/blockd

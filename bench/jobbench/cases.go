@@ -1,0 +1,181 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+)
+
+// A jobCase is one job run on a fresh copy of the images.
+type jobCase struct {
+	name, about string
+	images      []string // images of the original directory the job works on
+	target      bool     // a new qcow2 of the same size is added as node "target"
+	command     string
+	args        map[string]any // the command's arguments besides job-id
+	until       string         // the event timed; after BLOCK_JOB_READY the job is completed
+	copied      func(orig string) int64
+	checks      []imageCheck // verified once the daemon has exited
+}
+
+// An imageCheck is what one image must be after the job: clean by
+// qemu-img check, with backing file backing ("" for none), and with the
+// data of the original chain of equals, where that is not "".
+type imageCheck struct{ image, backing, equals string }
+
+var chain = []string{"base", "mid", "top"}
+
+// chainBacking names the backing node of each image of the chain.
+var chainBacking = map[string]string{"mid": "base", "top": "mid"}
+
+var cases = []jobCase{
+	{name: "stream-base", about: "block-stream top with base-node=base: copies mid",
+		images: chain, command: "block-stream", args: map[string]any{"device": "top", "base-node": "base"},
+		until: "BLOCK_JOB_COMPLETED", copied: allocatedIn("top", 1, 1),
+		checks: []imageCheck{{"top", "base.qcow2", "top"}}},
+	{name: "stream-all", about: "block-stream top with no base: copies mid and base",
+		images: chain, command: "block-stream", args: map[string]any{"device": "top"},
+		until: "BLOCK_JOB_COMPLETED", copied: allocatedIn("top", 1, 2),
+		checks: []imageCheck{{"top", "", "top"}}},
+	{name: "commit-mid", about: "intermediate block-commit of mid into base",
+		images: chain, command: "block-commit", args: map[string]any{"device": "top", "top-node": "mid", "base-node": "base"},
+		until: "BLOCK_JOB_COMPLETED", copied: allocatedIn("top", 1, 1),
+		checks: []imageCheck{{"top", "base.qcow2", "top"}, {"base", "", ""}}},
+	{name: "commit-active", about: "active block-commit of top and mid into base, to READY, then completed",
+		images: chain, command: "block-commit", args: map[string]any{"device": "top", "base-node": "base"},
+		until: "BLOCK_JOB_READY", copied: allocatedIn("top", 0, 1),
+		checks: []imageCheck{{"base", "", "top"}}},
+	{name: "mirror-full", about: "blockdev-mirror sync=full of the chain into a new qcow2, to READY, then completed",
+		images: chain, target: true, command: "blockdev-mirror", args: map[string]any{"device": "top", "target": "target", "sync": "full"},
+		until: "BLOCK_JOB_READY", copied: allocatedIn("top", 0, 2),
+		checks: []imageCheck{{"target", "", "top"}}},
+	{name: "mirror-sparse", about: "blockdev-mirror sync=full of a 10%-allocated image into a new qcow2, to READY, then completed",
+		images: []string{"sparse"}, target: true, command: "blockdev-mirror", args: map[string]any{"device": "sparse", "target": "target", "sync": "full"},
+		until: "BLOCK_JOB_READY", copied: allocatedIn("sparse", 0, 0),
+		checks: []imageCheck{{"target", "", "sparse"}}},
+}
+
+// allocatedIn is what the chain of img (in the original directory)
+// allocates at depths lo..hi.
+func allocatedIn(img string, lo, hi int) func(orig string) int64 {
+	return func(orig string) int64 { return allocated(filepath.Join(orig, img+".qcow2"), lo, hi) }
+}
+
+// measured is one run's figures: the job's seconds to its milestone, the
+// daemon's CPU seconds meanwhile and peak RSS in MiB, the seconds from
+// block-job-complete to BLOCK_JOB_COMPLETED (0 if the job ends by itself)
+// and the seconds quit took.
+type measured struct{ secs, cpu, rss, finish, quit float64 }
+
+// runOnce copies the case's images, runs its job in one daemon and
+// verifies the result.
+func runOnce(name, dir, orig string, c jobCase, size, warm int64) measured {
+	run := filepath.Join(dir, "run")
+	os.RemoveAll(run)
+	check(os.Mkdir(run, 0o755))
+	defer os.RemoveAll(run)
+	var imgs []string
+	for _, l := range c.images {
+		img := filepath.Join(run, l+".qcow2")
+		mustRun("cp", "--reflink=auto", filepath.Join(orig, l+".qcow2"), img)
+		imgs = append(imgs, img)
+	}
+	nodes := c.images
+	if c.target {
+		img := filepath.Join(run, "target.qcow2")
+		mustRun("qemu-img", "create", "-q", "-f", "qcow2", img, fmt.Sprint(size))
+		imgs = append(imgs, img)
+		nodes = append(nodes[:len(nodes):len(nodes)], "target")
+	}
+	// The copies must not be written back while a daemon runs, and both
+	// daemons read them from the page cache.
+	mustRun("sync", imgs...)
+	mustRun("cat", imgs...)
+
+	d := startDaemon(name, dir)
+	defer d.kill() // if a step below fails before quit
+	for _, n := range nodes {
+		d.cmd1("blockdev-add", nodeOptions(run, n))
+	}
+	args := map[string]any{"job-id": "j0"}
+	maps.Copy(args, c.args)
+
+	var m measured
+	faultIn(warm)
+	pid := d.cmd.Process.Pid
+	cpu0 := cpuSeconds(pid)
+	t0 := time.Now()
+	d.cmd1(c.command, args)
+	d.wait(c.until)
+	m.secs = time.Since(t0).Seconds()
+	m.cpu = cpuSeconds(pid) - cpu0
+	m.rss = peakRSS(pid)
+	if c.until == "BLOCK_JOB_READY" {
+		t0 = time.Now()
+		d.cmd1("block-job-complete", map[string]any{"device": "j0"})
+		d.wait("BLOCK_JOB_COMPLETED")
+		m.finish = time.Since(t0).Seconds()
+	}
+	t0 = time.Now()
+	d.quit()
+	m.quit = time.Since(t0).Seconds()
+	verify(name, orig, run, c)
+	return m
+}
+
+// wait waits for the job's event called until and panics if the job
+// ends with an error first.
+func (d *daemon) wait(until string) {
+	ev, data := d.waitEvent(until, "BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED")
+	if e, ok := data["error"]; ok || ev == "BLOCK_JOB_CANCELLED" || ev != until {
+		panic(fmt.Sprintf("%s: job ended with %s before %s: %v", d.name, ev, until, e))
+	}
+}
+
+// nodeOptions are blockdev-add's options for image n of the run
+// directory.
+func nodeOptions(run, n string) map[string]any {
+	o := map[string]any{"driver": "qcow2", "node-name": n,
+		"file": map[string]any{"driver": "file", "filename": filepath.Join(run, n+".qcow2")}}
+	if *noFlush {
+		o["cache"] = map[string]any{"no-flush": true}
+	}
+	if b, ok := chainBacking[n]; ok {
+		o["backing"] = b
+	}
+	return o
+}
+
+// verify fails the benchmark unless every image the case checks is
+// clean, has the expected backing file and the expected data.
+func verify(name, orig, run string, c jobCase) {
+	for _, ic := range c.checks {
+		img := filepath.Join(run, ic.image+".qcow2")
+		fail := func(format string, a ...any) {
+			panic(fmt.Sprintf("%s, case %s, %s: %s", name, c.name, ic.image, fmt.Sprintf(format, a...)))
+		}
+		if out, err := exec.Command("qemu-img", "check", "-q", img).CombinedOutput(); err != nil {
+			fail("qemu-img check: %v\n%s", err, out)
+		}
+		out, err := exec.Command("qemu-img", "info", "--output=json", img).Output()
+		check(err)
+		var info struct {
+			Backing string `json:"backing-filename"`
+		}
+		check(json.Unmarshal(out, &info))
+		if info.Backing != ic.backing && filepath.Base(info.Backing) != ic.backing {
+			fail("backing file is %q, want %q", info.Backing, ic.backing)
+		}
+		if ic.equals == "" {
+			continue
+		}
+		if out, err := exec.Command("qemu-img", "compare", "-f", "qcow2", "-F", "qcow2",
+			filepath.Join(orig, ic.equals+".qcow2"), img).CombinedOutput(); err != nil {
+			fail("differs from the original %s: %v\n%s", ic.equals, err, out)
+		}
+	}
+}

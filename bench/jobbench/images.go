@@ -1,0 +1,193 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// makeImages builds every image a case starts from in dir and returns
+// their virtual size.
+func makeImages(dir string) int64 {
+	size := makeChain(dir)
+	makeSparse(dir, size)
+	return size
+}
+
+// makeSparse builds sparse.qcow2: random data in a tenth of its 1 MiB
+// blocks, picked by a seeded generator, and holes elsewhere, the image a
+// mirror should copy in a tenth of the time of a full one.
+func makeSparse(dir string, size int64) {
+	pick := rand.New(rand.NewPCG(3, 4))
+	var regions []region
+	for off := int64(0); off < size; off += 1 << 20 {
+		if pick.IntN(10) == 0 {
+			regions = append(regions, region{off, min(1<<20, size-off)})
+		}
+	}
+	raw := filepath.Join(dir, "sparse.raw")
+	writeSparse(raw, size, regions, 9)
+	mustRun("qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, filepath.Join(dir, "sparse.qcow2"))
+	os.Remove(raw)
+}
+
+// makeChain builds base.qcow2 ◀ mid.qcow2 ◀ top.qcow2 in dir and returns
+// their virtual size. Sizes below are for 1 GiB and scale with -size:
+//
+//	base: random data over 0-768M
+//	mid:  random data in every other 64M block of 0-512M, plus 64 writes
+//	      of 4-64K scattered over the whole disk
+//	top:  random data in 16M at 32M (over mid and base) and 32M at 600M
+//	      (over base), plus 32 scattered writes of 4-64K
+//
+// Each image is made standalone from a sparse raw file (qemu-img convert
+// leaves holes unallocated) and then pointed at its backing file with an
+// unsafe rebase, so what it does not allocate reads through. The data and
+// offsets come from fixed seeds: every run copies the same chain.
+func makeChain(dir string) int64 {
+	raw := filepath.Join(dir, "base.raw")
+	mustRun("qemu-img", "create", "-q", "-f", "raw", raw, *sizeFlag)
+	st, err := os.Stat(raw)
+	check(err)
+	size := st.Size()
+	os.Remove(raw)
+	u := size / 16 // 64M of a 1G disk
+	pos := rand.New(rand.NewPCG(1, 2))
+	scatter := func(regions []region, count int) []region {
+		for i := 0; i < count; i++ {
+			n := int64(1+pos.IntN(16)) << 12
+			off := pos.Int64N((size-n)>>12) << 12
+			regions = append(regions, region{off, n})
+		}
+		return regions
+	}
+	layers := []struct {
+		name, backing string
+		regions       []region
+	}{
+		{"base", "", []region{{0, 12 * u}}},
+		{"mid", "base", scatter([]region{{0, u}, {2 * u, u}, {4 * u, u}, {6 * u, u}}, 64)},
+		{"top", "mid", scatter([]region{{u / 2, u / 4}, {size * 600 / 1024, u / 2}}, 32)},
+	}
+	for seed, l := range layers {
+		raw := filepath.Join(dir, l.name+".raw")
+		writeSparse(raw, size, l.regions, uint64(seed))
+		img := filepath.Join(dir, l.name+".qcow2")
+		mustRun("qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, img)
+		os.Remove(raw)
+		if l.backing != "" {
+			// Relative names: a copy of the directory is a chain of its own.
+			mustRun("qemu-img", "rebase", "-q", "-u", "-f", "qcow2", "-F", "qcow2", "-b", l.backing+".qcow2", img)
+		}
+	}
+	return size
+}
+
+type region struct{ off, n int64 }
+
+// writeSparse makes a sparse file of size bytes with random data from a
+// seeded generator in the regions and holes elsewhere.
+func writeSparse(path string, size int64, regions []region, seed uint64) {
+	f, err := os.Create(path)
+	check(err)
+	check(f.Truncate(size))
+	var key [32]byte
+	key[0] = byte(seed)
+	gen := rand.NewChaCha8(key)
+	buf := make([]byte, 1<<20)
+	for _, r := range regions {
+		for done := int64(0); done < r.n; done += int64(len(buf)) {
+			b := buf[:min(int64(len(buf)), r.n-done)]
+			gen.Read(b)
+			_, err := f.WriteAt(b, r.off+done)
+			check(err)
+		}
+	}
+	check(f.Close())
+}
+
+// allocated is how many bytes of img's chain are allocated at depths
+// lo..hi (0 is img itself), from qemu-img map: what a stream of those
+// images copies into img.
+func allocated(img string, lo, hi int) int64 {
+	out, err := exec.Command("qemu-img", "map", "--output=json", img).Output()
+	check(err)
+	var m []struct {
+		Length  int64 `json:"length"`
+		Depth   int   `json:"depth"`
+		Present *bool `json:"present"`
+		Data    bool  `json:"data"`
+		Zero    bool  `json:"zero"`
+	}
+	check(json.Unmarshal(out, &m))
+	var n int64
+	for _, e := range m {
+		present := e.Data || e.Zero
+		if e.Present != nil {
+			present = *e.Present
+		}
+		if present && e.Depth >= lo && e.Depth <= hi {
+			n += e.Length
+		}
+	}
+	return n
+}
+
+// faultIn maps n bytes of memory with every page faulted in, and frees
+// them again. The freed pages are the first the kernel hands out next, so
+// the page cache the stream writes and the daemon's buffers come from
+// memory the machine has just backed. On a VM that returns free memory to
+// its host (this one: free page reporting), the first touch of a returned
+// page costs the toucher 2-5 s a GiB here, which would otherwise land on
+// whichever daemon got such pages, and swamp the difference being measured.
+func faultIn(n int64) {
+	if n == 0 {
+		return
+	}
+	b, err := syscall.Mmap(-1, 0, int(n), syscall.PROT_READ|syscall.PROT_WRITE,
+		syscall.MAP_ANON|syscall.MAP_PRIVATE|syscall.MAP_POPULATE)
+	check(err)
+	check(syscall.Munmap(b))
+}
+
+// parseSize reads a size with an optional K, M, G or T suffix (powers
+// of 1024), as qemu-img does.
+func parseSize(s string) int64 {
+	mult := int64(1)
+	if i := strings.IndexAny(s, "KMGTkmgt"); i >= 0 && i == len(s)-1 {
+		mult = 1 << (10 * (1 + strings.IndexByte("KMGT", byte(strings.ToUpper(s[i:])[0]))))
+		s = s[:i]
+	}
+	v, err := strconv.ParseInt(s, 10, 64)
+	check(err)
+	return v * mult
+}
+
+func mib(n int64) float64 { return float64(n) / (1 << 20) }
+
+func median(v []float64) float64 {
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+func mustRun(name string, args ...string) {
+	cmd := exec.Command(name, args...)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		panic(fmt.Sprintf("%s %v: %v", name, args, err))
+	}
+}
+
+func check(err error) {
+	if err != nil {
+		panic(err)
+	}
+}
