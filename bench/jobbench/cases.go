@@ -108,10 +108,12 @@ func runOnce(name, dir, orig string, c jobCase, size, warm int64) measured {
 	faultIn(warm)
 	pid := d.cmd.Process.Pid
 	cpu0 := cpuSeconds(pid)
+	stopPerf := startPerf(pid, name, c.name)
 	t0 := time.Now()
 	d.cmd1(c.command, args)
 	d.wait(c.until)
 	m.secs = time.Since(t0).Seconds()
+	stopPerf()
 	m.cpu = cpuSeconds(pid) - cpu0
 	m.rss = peakRSS(pid)
 	if c.until == "BLOCK_JOB_READY" {
@@ -177,5 +179,29 @@ func verify(name, orig, run string, c jobCase) {
 			filepath.Join(orig, ic.equals+".qcow2"), img).CombinedOutput(); err != nil {
 			fail("differs from the original %s: %v\n%s", ic.equals, err, out)
 		}
+	}
+}
+
+// startPerf records the daemon's samples while the job runs, when -perf
+// asks, and returns what stops it. Recording costs the daemon some time:
+// use it to see where time goes, not for the figures.
+func startPerf(pid int, name, cs string) (stop func()) {
+	if *perfDir == "" {
+		return func() {}
+	}
+	check(os.MkdirAll(*perfDir, 0o755))
+	var out string
+	for i := 1; ; i++ {
+		out = filepath.Join(*perfDir, fmt.Sprintf("%s-%s-%d.data", name, cs, i))
+		if _, err := os.Stat(out); err != nil {
+			break
+		}
+	}
+	rec := exec.Command("perf", "record", "-q", "-g", "-p", fmt.Sprint(pid), "-o", out)
+	check(rec.Start())
+	time.Sleep(200 * time.Millisecond) // perf attaches
+	return func() {
+		rec.Process.Signal(os.Interrupt)
+		rec.Wait()
 	}
 }

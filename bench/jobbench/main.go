@@ -40,6 +40,7 @@ var (
 	caseFlag  = flag.String("cases", "", "comma-separated case names or prefixes (stream, commit, mirror-full ...); empty: all")
 	prefault  = flag.String("prefault", "2G", "memory to fault in and free before each job (0: none)")
 	qsdHeap   = flag.Bool("qsd-heap", true, "run qsd with a fixed glibc mmap threshold, so its bounce buffers stay on the heap (its fast case)")
+	perfDir   = flag.String("perf", "", "record each daemon with perf record -g during the job, into DIR/<daemon>-<case>-<round>.data")
 	noFlush   = flag.Bool("no-flush", false, "open the images with cache.no-flush=on in both daemons: neither makes the copy durable, so the copy engines are compared alone")
 )
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"sync"
+
+	"github.com/blockd/blockd/pkg/block"
 )
 
 // Copy is the loop every copying job shares (stream now; commit, mirror
@@ -29,6 +31,9 @@ type Copy struct {
 	// with WriteError when the write side failed (BLOCK_JOB_ERROR's
 	// operation); anything else is a failed read.
 	Do func(ctx context.Context, off int64, buf []byte) error
+	// Target is the node Do writes to, if any: its storage writes behind
+	// while the copy runs (see block.WriteBehinder).
+	Target *block.Node
 }
 
 // WriteError marks err as the failure of a write (see Copy.Do).
@@ -58,6 +63,9 @@ type chunk struct{ off, n int64 }
 // reported or ignored error, or ErrCancelled), after every chunk in
 // flight has finished.
 func (c *Copy) Run(ctx context.Context) error {
+	if c.Target != nil {
+		defer block.WriteBehind(c.Target)()
+	}
 	st := &copyState{pool: NewPool(c.Job, c.Parallel, c.Chunk)}
 	err := c.dispatch(ctx, st)
 	st.pool.Close()

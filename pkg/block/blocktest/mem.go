@@ -35,6 +35,20 @@ type Mem struct {
 
 	// Reads and Writes count the requests the driver saw.
 	Reads, Writes int
+	// WritingBehind is how many users turned write-behind on and not
+	// off again (block.WriteBehinder).
+	WritingBehind int
+}
+
+// WriteBehind implements block.WriteBehinder by counting.
+func (m *Mem) WriteBehind(on bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if on {
+		m.WritingBehind++
+	} else {
+		m.WritingBehind--
+	}
 }
 
 const sector = 512

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -49,6 +50,11 @@ type file struct {
 	align    int64
 	noFlush  bool
 	locking  bool
+
+	// writeBehind counts the users that turned write-behind on
+	// (block.WriteBehinder): while it is positive, large writes start
+	// their own write-back.
+	writeBehind atomic.Int32
 
 	mu           sync.Mutex // guards the lock state
 	perm, shared block.Perm
@@ -201,6 +207,7 @@ func (d *file) pread(p []byte, off int64) error {
 }
 
 func (d *file) WriteAt(ctx context.Context, p []byte, off int64, f block.Flags) error {
+	size := len(p)
 	if d.needsBounce(p) {
 		b := alignedBuf(len(p))
 		copy(b, p)
@@ -220,7 +227,33 @@ func (d *file) WriteAt(ctx context.Context, p []byte, off int64, f block.Flags) 
 	if f&block.FlagFUA != 0 {
 		return d.Flush(ctx)
 	}
+	d.startWriteBack(off-int64(size), int64(size))
 	return nil
+}
+
+// writeBehindMin is the smallest write that starts its own write-back:
+// metadata updates are left to the flush.
+const writeBehindMin = 64 << 10
+
+// WriteBehind implements block.WriteBehinder. It changes nothing where
+// the page cache is bypassed (cache.direct) or flushes are ignored
+// (cache.no-flush: nobody asked for the data on disk).
+func (d *file) WriteBehind(on bool) {
+	if on {
+		d.writeBehind.Add(1)
+	} else {
+		d.writeBehind.Add(-1)
+	}
+}
+
+// startWriteBack asks the kernel to begin writing [off, off+n) to the
+// disk without waiting for it, when write-behind is on. A failure is
+// only a lost hint: the flush that follows reports real errors.
+func (d *file) startWriteBack(off, n int64) {
+	if n < writeBehindMin || d.direct || d.noFlush || d.writeBehind.Load() <= 0 {
+		return
+	}
+	_ = unix.SyncFileRange(d.fd, off, n, unix.SYNC_FILE_RANGE_WRITE)
 }
 
 func (d *file) Zero(ctx context.Context, off, n int64, f block.Flags) error {

@@ -257,7 +257,7 @@ func (c *Intermediate) Run(ctx context.Context, j *jobs.Job) error {
 			return err
 		}
 	}
-	cp := jobs.Copy{Job: j, End: size, Chunk: chunkSize, Parallel: parallel,
+	cp := jobs.Copy{Job: j, End: size, Chunk: chunkSize, Parallel: parallel, Target: c.t.base,
 		Extent: func(ctx context.Context, off, max int64) (int64, bool, error) {
 			alloc, n, err := block.IsAllocatedAbove(ctx, c.t.top, c.overlay, true, off, max)
 			return n, alloc, err

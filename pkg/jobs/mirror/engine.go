@@ -90,6 +90,7 @@ func (e *Engine) Cancel(force bool) bool { return force || !e.Ready() }
 // or is cancelled hard (jobs.ErrCancelled).
 func (e *Engine) Run(ctx context.Context) error {
 	j := e.Job
+	defer block.WriteBehind(e.Target.Node())()
 	pool := jobs.NewPool(j, e.Parallel, e.Chunk)
 	defer pool.Close()
 	cursor := int64(0)

@@ -208,7 +208,7 @@ func (s *Stream) Run(ctx context.Context, j *jobs.Job) error {
 	}
 	size := s.device.Size()
 	j.SetTotal(size)
-	c := jobs.Copy{Job: j, End: size, Chunk: chunkSize, Parallel: parallel, Extent: s.extent,
+	c := jobs.Copy{Job: j, End: size, Chunk: chunkSize, Parallel: parallel, Extent: s.extent, Target: s.cor,
 		Do: func(ctx context.Context, off int64, buf []byte) error {
 			// The filter writes what it reads into the top image.
 			return s.root.ReadAt(ctx, buf, off, 0)
