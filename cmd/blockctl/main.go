@@ -97,7 +97,7 @@ or qemu-storage-daemon 7.2 (start it with a --chardev socket and a
 	root.PersistentFlags().StringVarP(&a.socket, "socket", "s", sock, "the daemon's QMP socket; $BLOCKCTL_SOCKET sets the default")
 	root.PersistentFlags().StringVarP(&a.output, "output", "o", "text", "output format: text or json")
 	root.RegisterFlagCompletionFunc("output", fixedCompletion("text", "json"))
-	root.AddCommand(a.nodesCommand(), a.rawCommand(), a.eventsCommand())
+	root.AddCommand(a.nodesCommand(), a.addCommand(), a.delCommand(), a.exportCommand(), a.rawCommand(), a.eventsCommand())
 	return root
 }
 
