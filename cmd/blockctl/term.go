@@ -8,5 +8,13 @@ import (
 
 // stdoutIsTerminal says whether stdout is a terminal, where progress is
 // drawn as a bar; elsewhere (a pipe, a file, a CI log) it is printed as
-// plain lines.
-func stdoutIsTerminal() bool { return term.IsTerminal(int(os.Stdout.Fd())) }
+// plain lines. A terminal that does not know its width (a pseudo-terminal
+// nobody sized) gets lines too: the bar would have no room.
+func stdoutIsTerminal() bool {
+	fd := int(os.Stdout.Fd())
+	if !term.IsTerminal(fd) {
+		return false
+	}
+	w, _, err := term.GetSize(fd)
+	return err == nil && w > 0
+}
