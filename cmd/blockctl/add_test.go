@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/spf13/cobra"
 )
 
 func TestBlockdevArgs(t *testing.T) {
@@ -74,4 +76,19 @@ func checkArgs(t *testing.T, got json.RawMessage, err error, want string) {
 	if string(sorted) != want {
 		t.Errorf("got  %s\nwant %s", sorted, want)
 	}
+}
+
+// TestHelpExamples: every command's --help shows an example.
+func TestHelpExamples(t *testing.T) {
+	a := &app{}
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		if c.Example == "" && c.Name() != "help" && (c.Parent() == nil || c.Parent().Name() != "completion") {
+			t.Errorf("%s has no example", c.CommandPath())
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(a.rootCommand())
 }

@@ -102,6 +102,12 @@ or qemu-storage-daemon 7.2 (start it with a --chardev socket and a
 		root.AddCommand(a.jobStartCommand(spec))
 	}
 	root.AddCommand(a.jobsCommand(), a.jobCommand(), a.eventsCommand(), a.rawCommand())
+	root.InitDefaultCompletionCmd() // cobra's, made now to give it an example
+	for _, c := range root.Commands() {
+		if c.Name() == "completion" {
+			c.Example = "  source <(blockctl completion bash)\n  blockctl completion zsh > \"${fpath[1]}/_blockctl\""
+		}
+	}
 	return root
 }
 
