@@ -17,6 +17,7 @@ all: build
 build:
 	$(GO) build -o $(BIN) ./cmd/blockd
 	$(GO) build -o bin/qmpc ./cmd/qmpc
+	$(GO) build -o bin/blockctl ./cmd/blockctl
 
 run: build
 	@echo "blockd: QMP on $(SOCK), NBD server on $(NBDSOCK)"
@@ -26,6 +27,10 @@ run: build
 	@echo "  bin/qmpc $(SOCK) 'block-export-add {\"type\":\"nbd\",\"id\":\"e0\",\"node-name\":\"disk\",\"writable\":true}'"
 	@echo "  bin/qmpc $(SOCK) query-named-block-nodes"
 	@echo "  nbdinfo 'nbd+unix:///disk?socket=$(NBDSOCK)'"
+	@echo "or with blockctl (it finds ./blockd.sock by itself):"
+	@echo "  bin/blockctl add driver=qcow2,node-name=disk,file.driver=file,file.filename=disk.qcow2"
+	@echo "  bin/blockctl export add nbd,id=e0,node-name=disk,writable=on"
+	@echo "  bin/blockctl nodes"
 	@echo "stop it with Ctrl-C (or the QMP command quit)"
 	exec ./$(BIN) --qmp $(SOCK) --nbd-server addr.type=unix,addr.path=$(NBDSOCK)
 
