@@ -178,4 +178,7 @@ type Stats struct {
 	WrHighestOffset                    atomic.Int64
 	DiscardNbOK, DiscardNbFailed       atomic.Int64
 	DiscardBytesOK                     atomic.Int64
+
+	// Latency of the requests through roots, as the *TimeNs sums.
+	RdLatency, WrLatency, FlushLatency, UnmapLatency Latency
 }

@@ -233,7 +233,11 @@ func (r *Root) check(off, n int64) error {
 
 // timed adds the time since start to the counter of the node the root
 // uses: the node's *_total_time_ns are what its users waited.
-func timed(c *atomic.Int64, start time.Time) { c.Add(int64(time.Since(start))) }
+func timed(c *atomic.Int64, h *Latency, start time.Time) {
+	d := time.Since(start)
+	c.Add(int64(d))
+	h.Observe(d)
+}
 
 // ReadAt reads through the root.
 func (r *Root) ReadAt(ctx context.Context, p []byte, off int64, f Flags) error {
@@ -242,7 +246,7 @@ func (r *Root) ReadAt(ctx context.Context, p []byte, off int64, f Flags) error {
 	}
 	r.enter()
 	defer r.exit()
-	defer timed(&r.child.Node().Stats.RdTimeNs, time.Now())
+	defer timed(&r.child.Node().Stats.RdTimeNs, &r.child.Node().Stats.RdLatency, time.Now())
 	return r.child.ReadAt(ctx, p, off, f)
 }
 
@@ -253,7 +257,7 @@ func (r *Root) WriteAt(ctx context.Context, p []byte, off int64, f Flags) error 
 	}
 	r.enter()
 	defer r.exit()
-	defer timed(&r.child.Node().Stats.WrTimeNs, time.Now())
+	defer timed(&r.child.Node().Stats.WrTimeNs, &r.child.Node().Stats.WrLatency, time.Now())
 	return r.child.WriteAt(ctx, p, off, f)
 }
 
@@ -264,7 +268,7 @@ func (r *Root) Zero(ctx context.Context, off, n int64, f Flags) error {
 	}
 	r.enter()
 	defer r.exit()
-	defer timed(&r.child.Node().Stats.WrTimeNs, time.Now())
+	defer timed(&r.child.Node().Stats.WrTimeNs, &r.child.Node().Stats.WrLatency, time.Now())
 	return r.child.Zero(ctx, off, n, f)
 }
 
@@ -275,7 +279,7 @@ func (r *Root) Discard(ctx context.Context, off, n int64) error {
 	}
 	r.enter()
 	defer r.exit()
-	defer timed(&r.child.Node().Stats.UnmapTimeNs, time.Now())
+	defer timed(&r.child.Node().Stats.UnmapTimeNs, &r.child.Node().Stats.UnmapLatency, time.Now())
 	return r.child.Discard(ctx, off, n)
 }
 
@@ -283,7 +287,7 @@ func (r *Root) Discard(ctx context.Context, off, n int64) error {
 func (r *Root) Flush(ctx context.Context) error {
 	r.enter()
 	defer r.exit()
-	defer timed(&r.child.Node().Stats.FlushTimeNs, time.Now())
+	defer timed(&r.child.Node().Stats.FlushTimeNs, &r.child.Node().Stats.FlushLatency, time.Now())
 	return r.child.Flush(ctx)
 }
 
