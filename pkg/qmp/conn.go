@@ -226,11 +226,13 @@ func (c *conn) dispatch(v *value) bool {
 	var h Handler
 	if !negotiated {
 		if name != cmdCapabilities {
+			c.s.observe("", CommandNotFound)
 			c.replyError(id, CommandNotFound, "Expecting capabilities negotiation with 'qmp_capabilities'")
 			return true
 		}
 		h = builtinHandler(cmdCapabilities)
 	} else if h = s.lookup(name); h == nil {
+		c.s.observe("", CommandNotFound)
 		c.replyError(id, CommandNotFound, fmt.Sprintf("The command %s has not been found", name))
 		return true
 	}

@@ -65,6 +65,12 @@ type ServerOptions struct {
 	// in the order encoding/json produces them. By default they are written
 	// in qsd's order (see doc.go), so that output matches qsd byte for byte.
 	KeepMemberOrder bool
+	// OnCommand, if set, is called once for every command answered, with
+	// its name ("" for a command that does not exist, so that clients
+	// cannot grow a caller's label set) and the error class of the reply
+	// ("" for success). It runs on the connection's or executor's
+	// goroutine and must not block.
+	OnCommand func(name string, class Class)
 }
 
 // MonitorOptions are the settings of one listening socket, like qsd's
@@ -459,17 +465,26 @@ func (s *Server) call(name string, fn func() (any, error)) (res any, err error) 
 func (s *Server) reply(req *request, res any, err error) {
 	var msg value
 	if err = normErr(err); err != nil {
+		s.observe(req.name, asError(err).Class)
 		msg = s.errorMsg(req, err)
 	} else if rv, merr := marshalValue(res); merr != nil {
 		msg = s.errorMsg(req, &Error{Class: GenericError, Desc: "Internal error",
 			Err: fmt.Errorf("cannot encode result: %w", merr)})
 	} else {
+		s.observe(req.name, "")
 		msg = returnMsg(rv, req.id)
 	}
 	b := renderMessage(&msg, req.c.pretty, s.opts.KeepMemberOrder)
 	s.mu.Lock()
 	req.c.sendLocked(b)
 	s.mu.Unlock()
+}
+
+// observe reports an answered command to OnCommand.
+func (s *Server) observe(name string, class Class) {
+	if s.opts.OnCommand != nil {
+		s.opts.OnCommand(name, class)
+	}
 }
 
 func (s *Server) errorMsg(req *request, err error) value {
@@ -496,8 +511,10 @@ func (s *Server) execCapabilities(req *request) {
 	}
 	var msg value
 	if err != nil {
+		s.observe(req.name, asError(err).Class)
 		msg = s.errorMsg(req, err)
 	} else {
+		s.observe(req.name, "")
 		// Negotiated and the reply queued under one lock: no event can
 		// slip in before the reply.
 		c.negotiated = true
@@ -530,6 +547,7 @@ func (s *Server) execQuit(req *request) bool {
 			return nil, nil
 		})
 	}
+	s.observe(req.name, "")
 	msg := returnMsg(value{kind: kindObject}, req.id)
 	b := renderMessage(&msg, req.c.pretty, s.opts.KeepMemberOrder)
 	s.mu.Lock()
