@@ -354,6 +354,30 @@ func (s *Server) queryBlockExports(ctx context.Context, a *struct{}) ([]exportIn
 	return out, nil
 }
 
+// ExportLoad is one NBD export's load, for metrics.
+type ExportLoad struct {
+	ID, Node string
+	Clients  int   // clients in transmission phase
+	InFlight int64 // requests being served
+}
+
+// NBDLoad returns the NBD server's connections (0 when it is not
+// running) and every export's load.
+func (s *Server) NBDLoad() (conns int, exports []ExportLoad) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.exports.srv == nil {
+		return 0, nil
+	}
+	s.G.Lock()
+	defer s.G.Unlock()
+	for _, e := range s.exports.exports {
+		exports = append(exports, ExportLoad{ID: e.id, Node: e.root.Node().Name(),
+			Clients: e.nbd.Clients(), InFlight: e.nbd.InFlight()})
+	}
+	return s.exports.srv.Connections(), exports
+}
+
 // nodeBackend serves a node through its export's root.
 type nodeBackend struct {
 	root         *block.Root

@@ -73,6 +73,10 @@ func (e *Export) Clients() int {
 	return len(e.mu.conns)
 }
 
+// InFlight returns the number of backend calls in flight on the export
+// (a caller checking the gate counts for an instant too).
+func (e *Export) InFlight() int64 { return e.gate.n.Load() }
+
 // Quiesce stops the export from starting backend calls and waits until
 // every call in flight has returned. Requests that arrive meanwhile wait.
 // Calls nest: each Quiesce needs its Resume.
