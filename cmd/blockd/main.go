@@ -20,6 +20,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/blockd/blockd/pkg/blockdev"
+	"github.com/blockd/blockd/pkg/metrics"
 	"github.com/blockd/blockd/pkg/qmp"
 
 	// The drivers register themselves.
@@ -58,6 +59,9 @@ A block-storage daemon compatible with qemu-storage-daemon 7.2's QMP.
   --export [type=]nbd,id=ID,node-name=NODE[,name=NAME][,writable=on]
            [,description=TEXT][,allocation-depth=on]
                              export a node over NBD
+  --metrics unix:PATH|tcp:HOST:PORT
+                             serve Prometheus metrics at /metrics there
+                             (off by default; blockd only, not qsd)
   --pidfile PATH             write the daemon's PID to PATH
   --daemonize                detach once everything is set up
   --log-level LEVEL          panic, fatal, error, warn, info, debug, trace
@@ -78,7 +82,7 @@ func parseArgs(argv []string) ([]option, error) {
 	var opts []option
 	takesValue := map[string]bool{
 		"qmp": true, "chardev": true, "monitor": true, "blockdev": true, "object": true,
-		"nbd-server": true, "export": true, "pidfile": true, "log-level": true, "log-format": true,
+		"nbd-server": true, "export": true, "pidfile": true, "metrics": true, "log-level": true, "log-format": true,
 		"trace": true, "T": true,
 	}
 	for i := 0; i < len(argv); i++ {
@@ -121,6 +125,7 @@ func run(argv []string, stdout, stderr io.Writer) int {
 	log.SetOutput(stderr)
 	daemonize := false
 	pidfile := ""
+	withMetrics := false
 	for _, o := range opts {
 		switch o.name {
 		case "h", "help":
@@ -133,6 +138,8 @@ func run(argv []string, stdout, stderr io.Writer) int {
 			daemonize = true
 		case "pidfile":
 			pidfile = o.value
+		case "metrics":
+			withMetrics = true
 		case "log-level":
 			lvl, err := logrus.ParseLevel(o.value)
 			if err != nil {
@@ -159,7 +166,7 @@ func run(argv []string, stdout, stderr io.Writer) int {
 	// as it can connect, and a signal during set-up is served after it.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	d := newDaemon(log)
+	d := newDaemon(log, withMetrics)
 	if err := d.setup(opts); err != nil {
 		d.shutdown()
 		reportReady(err)
@@ -199,15 +206,26 @@ type daemon struct {
 	q        *qmp.Server
 	chardevs map[string]string // id -> socket path
 	monitors []net.Listener
+
+	metrics     *metrics.Registry // nil without --metrics
+	metricsEnds []net.Listener
 }
 
-func newDaemon(log logrus.FieldLogger) *daemon {
+// newDaemon makes the daemon's servers; withMetrics makes them count
+// what --metrics will serve.
+func newDaemon(log logrus.FieldLogger, withMetrics bool) *daemon {
 	d := &daemon{log: log, chardevs: map[string]string{}}
 	d.bd = blockdev.New(log)
+	var onCommand func(string, qmp.Class)
+	if withMetrics {
+		d.metrics = metrics.New(metrics.Sources{Graph: d.bd.G, Jobs: d.bd.Jobs, NBD: d.bd.NBDLoad})
+		onCommand = d.metrics.OnCommand
+	}
 	d.q = qmp.NewServer(qmp.ServerOptions{
-		Version: qmp.VersionInfo{Major: 7, Minor: 2, Micro: 22, Package: "blockd " + Version},
-		Logger:  log.WithField("component", "qmp"),
-		Quit:    d.bd.Shutdown,
+		Version:   qmp.VersionInfo{Major: 7, Minor: 2, Micro: 22, Package: "blockd " + Version},
+		Logger:    log.WithField("component", "qmp"),
+		Quit:      d.bd.Shutdown,
+		OnCommand: onCommand,
 	})
 	d.bd.Register(d.q)
 	return d
@@ -217,6 +235,24 @@ func newDaemon(log logrus.FieldLogger) *daemon {
 func (d *daemon) shutdown() {
 	d.bd.Shutdown(context.Background())
 	d.q.Close()
+	for _, l := range d.metricsEnds {
+		l.Close() // a UNIX listener removes its socket file
+	}
+}
+
+// serveMetrics serves the metrics endpoint --metrics names.
+func (d *daemon) serveMetrics(addr string) error {
+	l, err := metrics.Listen(addr)
+	if err != nil {
+		return err
+	}
+	d.metricsEnds = append(d.metricsEnds, l)
+	go func() {
+		if err := d.metrics.Serve(l); err != nil {
+			d.log.WithError(err).Error("metrics endpoint stopped")
+		}
+	}()
+	return nil
 }
 
 func (d *daemon) setup(opts []option) error {
@@ -238,6 +274,8 @@ func (d *daemon) setup(opts []option) error {
 			err = d.nbdServer(ctx, o.value)
 		case "export":
 			err = d.export(ctx, o.value)
+		case "metrics":
+			err = d.serveMetrics(o.value)
 		}
 		if err != nil {
 			return fmt.Errorf("--%s %s: %w", o.name, o.value, err)
