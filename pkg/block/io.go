@@ -141,6 +141,7 @@ func (c *Child) WriteAt(ctx context.Context, p []byte, off int64, f Flags) error
 		n.Stats.InvalidWr.Add(1)
 		return err
 	}
+	n.checkWriteThreshold(off, int64(len(p)))
 	err := n.writeAtEvents(ctx, p, off, f)
 	if err != nil {
 		n.markDirty(off, int64(len(p))) // part of it may have been written
@@ -284,6 +285,7 @@ func (c *Child) Zero(ctx context.Context, off, length int64, f Flags) error {
 		n.Stats.InvalidWr.Add(1)
 		return err
 	}
+	n.checkWriteThreshold(off, length)
 	err := n.zeroEvents(ctx, off, length, f)
 	if err != nil {
 		if !errors.Is(err, ErrNotSupported) {
@@ -354,6 +356,7 @@ func (c *Child) Discard(ctx context.Context, off, length int64) error {
 	if length == 0 || n.common.Discard != DiscardUnmap || !n.Caps().Discard {
 		return nil
 	}
+	n.checkWriteThreshold(off, length)
 	err := n.impl.Discard(ctx, off, length)
 	n.markDirty(off, length)
 	if err != nil && !errors.Is(err, ErrNotSupported) {

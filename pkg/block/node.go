@@ -30,6 +30,8 @@ type Node struct {
 	caps     atomic.Pointer[Caps]
 	size     atomic.Int64
 
+	writeThreshold atomic.Uint64 // see SetWriteThreshold
+
 	children atomic.Pointer[[]*Child] // copy-on-write; replaced under g.mu
 	parents  []*Child                 // edges that point at n; guarded by g.mu
 

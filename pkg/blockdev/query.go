@@ -69,13 +69,14 @@ func (s *Server) queryNamedBlockNodes(ctx context.Context, a *namedNodesArgs) ([
 func deviceInfo(ctx context.Context, n *block.Node, flat bool) BlockDeviceInfo {
 	c := n.Common()
 	d := BlockDeviceInfo{
-		File:         Filename(n),
-		NodeName:     n.Name(),
-		RO:           n.ReadOnly(),
-		Drv:          n.Driver().Name,
-		DetectZeroes: "off",
-		Image:        imageInfo(ctx, n, !flat),
-		Cache:        cacheInfo{Writeback: true, Direct: c.Direct(), NoFlush: c.NoFlush()},
+		File:           Filename(n),
+		NodeName:       n.Name(),
+		RO:             n.ReadOnly(),
+		Drv:            n.Driver().Name,
+		DetectZeroes:   "off",
+		Image:          imageInfo(ctx, n, !flat),
+		Cache:          cacheInfo{Writeback: true, Direct: c.Direct(), NoFlush: c.NoFlush()},
+		WriteThreshold: int64(n.WriteThreshold()), // compat(qsd-7.2): an int, so 2^64-1 reads -1
 	}
 	if c.DetectZeroes != "" {
 		d.DetectZeroes = string(c.DetectZeroes)
