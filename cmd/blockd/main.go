@@ -47,6 +47,8 @@ A block-storage daemon compatible with qemu-storage-daemon 7.2's QMP.
                              for --chardev/--monitor)
   --chardev socket,id=ID,path=PATH[,server=on][,wait=off]
                              a UNIX socket for a monitor
+  --chardev stdio,id=ID      stdin and stdout for a monitor; the daemon
+                             exits when stdin closes
   --monitor [chardev=]ID[,mode=control][,pretty=on|off]
                              serve QMP on that socket
   --blockdev OPTIONS         add a node (key=value[,...] with dotted keys,
@@ -196,6 +198,10 @@ func run(argv []string, stdout, stderr io.Writer) int {
 	case <-d.q.Done():
 		log.Info("quit")
 		d.shutdown()
+	case <-d.stdioDone:
+		log.Info("stdin closed: shutting down")
+		d.q.Close()
+		d.shutdown()
 	}
 	return 0
 }
@@ -207,6 +213,8 @@ type daemon struct {
 	chardevs map[string]string // id -> socket path
 	monitors []net.Listener
 
+	stdioDone chan struct{} // closed when a stdio monitor's client is gone
+
 	metrics     *metrics.Registry // nil without --metrics
 	metricsEnds []net.Listener
 }
@@ -214,7 +222,7 @@ type daemon struct {
 // newDaemon makes the daemon's servers; withMetrics makes them count
 // what --metrics will serve.
 func newDaemon(log logrus.FieldLogger, withMetrics bool) *daemon {
-	d := &daemon{log: log, chardevs: map[string]string{}}
+	d := &daemon{log: log, chardevs: map[string]string{}, stdioDone: make(chan struct{})}
 	d.bd = blockdev.New(log)
 	var onCommand func(string, qmp.Class)
 	if withMetrics {
@@ -304,10 +312,17 @@ func (d *daemon) chardev(s string) error {
 	if err != nil {
 		return err
 	}
-	if kv["backend"] != "socket" {
-		return fmt.Errorf("only 'socket' character devices are supported")
-	}
 	id, _ := kv["id"].(string)
+	if kv["backend"] == "stdio" {
+		if id == "" {
+			return fmt.Errorf("a stdio chardev needs id=")
+		}
+		d.chardevs[id] = stdioChardev
+		return nil
+	}
+	if kv["backend"] != "socket" {
+		return fmt.Errorf("only 'socket' and 'stdio' character devices are supported")
+	}
 	path, _ := kv["path"].(string)
 	if id == "" || path == "" {
 		return fmt.Errorf("a socket chardev needs id= and path=")
@@ -334,7 +349,24 @@ func (d *daemon) monitor(s string) error {
 	}
 	pretty := kv["pretty"] == "on"
 	delete(d.chardevs, id)
+	if path == stdioChardev {
+		d.serveStdio(pretty)
+		return nil
+	}
 	return d.listen(path, pretty)
+}
+
+// stdioChardev marks a chardev on stdin and stdout among socket paths.
+const stdioChardev = "\x00stdio"
+
+// serveStdio serves QMP on stdin and stdout; when stdin closes, the
+// daemon shuts down as on quit.
+func (d *daemon) serveStdio(pretty bool) {
+	done := d.q.ServeConn(stdioConn{os.Stdin, os.Stdout}, qmp.MonitorOptions{Pretty: pretty})
+	go func() {
+		<-done
+		close(d.stdioDone)
+	}()
 }
 
 func (d *daemon) blockdev(ctx context.Context, s string) error {

@@ -25,13 +25,16 @@ type conn struct {
 	// s.mu held and while !closed, so closing it is safe.
 	out chan []byte
 
+	done chan struct{} // closed when the connection is gone
+
 	closed     bool // guarded by s.mu; out is closed
 	negotiated bool // guarded by s.mu; qmp_capabilities succeeded
 	oob        bool // guarded by s.mu; negotiated with "oob" enabled
 }
 
-func (s *Server) newConn(nc net.Conn, o MonitorOptions) {
+func (s *Server) newConn(nc net.Conn, o MonitorOptions) *conn {
 	c := &conn{
+		done:   make(chan struct{}),
 		s:      s,
 		nc:     nc,
 		pretty: o.Pretty,
@@ -43,7 +46,8 @@ func (s *Server) newConn(nc net.Conn, o MonitorOptions) {
 	if s.mu.closing || s.mu.quitting {
 		s.mu.Unlock()
 		nc.Close()
-		return
+		close(c.done)
+		return c
 	}
 	s.mu.conns[c] = struct{}{}
 	s.wg.Add(2)
@@ -57,6 +61,7 @@ func (s *Server) newConn(nc net.Conn, o MonitorOptions) {
 	c.log.Debug("qmp: client connected")
 	go c.readLoop()
 	go c.writeLoop()
+	return c
 }
 
 // sendLocked queues one message. A full queue means the client does not
@@ -103,6 +108,7 @@ func (c *conn) writeLoop() {
 		delete(s.mu.conns, c)
 		s.mu.Unlock()
 		c.log.Debug("qmp: connection closed")
+		close(c.done)
 		s.connWG.Done()
 		s.wg.Done()
 	}()

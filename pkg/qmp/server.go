@@ -281,11 +281,7 @@ func (s *Server) ServeMonitor(l net.Listener, o MonitorOptions) error {
 		l.Close()
 		return ErrServerClosed
 	}
-	if !s.mu.execStarted {
-		s.mu.execStarted = true
-		s.wg.Add(1)
-		go s.runExecutor()
-	}
+	s.startExecutorLocked()
 	s.mu.listeners[l] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
@@ -322,6 +318,28 @@ func (s *Server) ServeMonitor(l net.Listener, o MonitorOptions) error {
 		}
 		delay = 0
 		s.newConn(nc, o)
+	}
+}
+
+// ServeConn serves one connection that is already open, such as a
+// monitor on the daemon's stdin and stdout. The returned channel is
+// closed when the connection is gone: the client closed its side, or
+// the server closed it.
+func (s *Server) ServeConn(nc net.Conn, o MonitorOptions) <-chan struct{} {
+	s.mu.Lock()
+	if !s.mu.closing && !s.mu.quitting {
+		s.startExecutorLocked()
+	}
+	s.mu.Unlock()
+	return s.newConn(nc, o).done
+}
+
+// startExecutorLocked starts the command executor once. s.mu is held.
+func (s *Server) startExecutorLocked() {
+	if !s.mu.execStarted {
+		s.mu.execStarted = true
+		s.wg.Add(1)
+		go s.runExecutor()
 	}
 }
 
