@@ -18,8 +18,7 @@ func (t *Txn) Replace(c *Child, to *Node) error {
 	if p := c.ParentNode(); p != nil && reaches(to, p) {
 		return Errorf(ErrInvalid, "Making '%s' a %s child of '%s' would create a cycle", to.name, c.name, p.name)
 	}
-	t.retarget(c, from, to)
-	t.OnUndo(func() { t.retarget(c, to, from) })
+	t.OnUndo(t.retarget(c, from, to))
 	t.OnCommit(func() { t.g.freeIfUnused(from) })
 	return nil
 }
@@ -44,14 +43,24 @@ func parentName(c *Child) string {
 	return name
 }
 
-func (t *Txn) retarget(c *Child, from, to *Node) {
-	from.parents = slices.DeleteFunc(from.parents, func(x *Child) bool { return x == c })
+// retarget points edge c, now at from, at to instead, and returns its
+// undo: c goes back to its place among from's parents, with the blocker
+// it had.
+func (t *Txn) retarget(c *Child, from, to *Node) (undo func()) {
+	i := from.removeParent(c)
 	to.parents = append(to.parents, c)
 	c.node.Store(to)
+	old := c.blocker
 	if c.role&RoleCOW != 0 {
 		if p := c.ParentNode(); p != nil {
 			c.blocker = backingBlocker(p)
 		}
+	}
+	return func() {
+		to.removeParent(c)
+		from.insertParent(i, c)
+		c.node.Store(from)
+		c.blocker = old
 	}
 }
 
@@ -84,12 +93,12 @@ func (t *Txn) RemoveChild(c *Child) error {
 	// Keep the child alive until commit: it may come back on abort.
 	wasOwned := cn.monitorOwned
 	cn.monitorOwned = true
-	p.setChildren(slices.DeleteFunc(slices.Clone(p.Children()), func(x *Child) bool { return x == c }))
-	cn.parents = slices.DeleteFunc(cn.parents, func(x *Child) bool { return x == c })
+	ci := p.removeChild(c)
+	pi := cn.removeParent(c)
 	t.OnUndo(func() {
 		cn.monitorOwned = wasOwned
-		cn.parents = append(cn.parents, c)
-		p.setChildren(append(slices.Clone(p.Children()), c))
+		cn.insertParent(pi, c)
+		p.insertChild(ci, c)
 	})
 	t.OnCommit(func() {
 		cn.monitorOwned = wasOwned

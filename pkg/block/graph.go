@@ -313,16 +313,18 @@ func (g *Graph) removeNode(n *Node) {
 }
 
 // detachLocked removes edge c from its node's parents and frees the node
-// if nothing holds it any more.
-func (g *Graph) detachLocked(c *Child) {
+// if nothing holds it any more. It returns where c was among the parents
+// (-1: nowhere), for an undo to put it back there.
+func (g *Graph) detachLocked(c *Child) int {
 	cn := c.Node()
 	if cn == nil {
-		return
+		return -1
 	}
-	cn.parents = slices.DeleteFunc(cn.parents, func(x *Child) bool { return x == c })
+	i := cn.removeParent(c)
 	if len(cn.parents) == 0 && !cn.monitorOwned {
 		g.removeNode(cn)
 	}
+	return i
 }
 
 // stamp records when n counts as created (see Nodes), once.
@@ -465,7 +467,7 @@ func (t *Txn) AttachChild(p *Node, name string, cn *Node, role Role, adj PermAdj
 }
 
 func (t *Txn) undoAttach(p *Node, c *Child) {
-	p.setChildren(slices.DeleteFunc(slices.Clone(p.Children()), func(x *Child) bool { return x == c }))
+	p.removeChild(c)
 	t.g.detachLocked(c)
 }
 

@@ -3,6 +3,7 @@ package block
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -166,6 +167,51 @@ func (n *Node) RefreshCaps() {
 func (n *Node) setChildren(cs []*Child) {
 	cs = append([]*Child(nil), cs...)
 	n.children.Store(&cs)
+}
+
+// The order of the edge lists is visible: queries list children and
+// parents in order, the chain functions take the first child with a
+// role, and Blocked names the newest blocker among the parents. So a
+// change that takes an edge out notes where it was, and its undo puts it
+// back at that place (the lists are then as they were when it was taken
+// out, since undos run newest first). Call these under the graph lock.
+
+// removeChild takes c out of n's children and returns where it was, or
+// -1 if it was not there.
+func (n *Node) removeChild(c *Child) int {
+	cs := n.Children()
+	i := slices.Index(cs, c)
+	if i >= 0 {
+		n.setChildren(slices.Delete(slices.Clone(cs), i, i+1))
+	}
+	return i
+}
+
+// insertChild puts c back among n's children at i, as removeChild
+// reported it (nothing for -1).
+func (n *Node) insertChild(i int, c *Child) {
+	if i >= 0 {
+		cs := n.Children()
+		n.setChildren(slices.Insert(slices.Clone(cs), min(i, len(cs)), c))
+	}
+}
+
+// removeParent takes c out of n's parents and returns where it was, or
+// -1 if it was not there.
+func (n *Node) removeParent(c *Child) int {
+	i := slices.Index(n.parents, c)
+	if i >= 0 {
+		n.parents = slices.Delete(n.parents, i, i+1)
+	}
+	return i
+}
+
+// insertParent puts c back among n's parents at i, as removeParent
+// reported it (nothing for -1).
+func (n *Node) insertParent(i int, c *Child) {
+	if i >= 0 {
+		n.parents = slices.Insert(n.parents, min(i, len(n.parents)), c)
+	}
 }
 
 // Stats are per-node I/O counters for query-blockstats.

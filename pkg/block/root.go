@@ -105,17 +105,19 @@ func (t *Txn) Hold(r *Root, n *Node, name string, perm, shared Perm) (*Child, er
 func (t *Txn) Detach(r *Root) {
 	held := r.held
 	r.held = nil
-	for _, c := range append([]*Child{r.child}, held...) {
-		t.g.detachLocked(c)
+	edges := append([]*Child{r.child}, held...)
+	at := make([]int, len(edges))
+	for i, c := range edges {
+		at[i] = t.g.detachLocked(c)
 	}
 	t.OnUndo(func() {
-		// Undoing a detach re-links the edges; a node may have been
-		// closed meanwhile only if nothing else held it, which Abort
-		// cannot restore: callers detach last.
+		// Undoing a detach re-links the edges where they were, last
+		// first; a node may have been closed meanwhile only if nothing
+		// else held it, which Abort cannot restore: callers detach last.
 		r.held = held
-		for _, c := range append([]*Child{r.child}, held...) {
-			if n := c.Node(); !n.closed {
-				n.parents = append(n.parents, c)
+		for i := len(edges) - 1; i >= 0; i-- {
+			if n := edges[i].Node(); !n.closed {
+				n.insertParent(at[i], edges[i])
 			}
 		}
 	})

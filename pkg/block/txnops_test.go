@@ -37,6 +37,28 @@ func TestTxnCommit(t *testing.T) {
 	}
 }
 
+// TestTxnAbort: each kind of change, aborted, leaves the graph exactly as
+// it was, down to the order of every node's children and parents.
+func TestTxnAbort(t *testing.T) {
+	for _, op := range txnOps {
+		t.Run(op.name, func(t *testing.T) {
+			f := newTxnFixture(t)
+			if op.setup != nil {
+				op.setup(t, f)
+			}
+			was := f.s.snap()
+			tx := f.g.Begin()
+			if err := op.do(f, tx); err != nil {
+				tx.Abort()
+				t.Fatal(err)
+			}
+			tx.Abort()
+			sameGraph(t, "an aborted "+op.name, was, f.s.snap())
+			f.noneDrained(t)
+		})
+	}
+}
+
 var txnOps = []txnOp{
 	{name: "AttachChild", do: func(f *txnFixture, tx *block.Txn) error {
 		_, err := tx.AttachChild(f.top, "extra2", f.spare, block.RoleData, block.PermAdjust{})
@@ -408,6 +430,35 @@ child base.file->base-file data|metadata|primary cwr/cu
 parent mid.backing->base cow c/cwur blocker="node is used as backing hd of 'mid'" allows=backing
 `,
 	}},
+	{name: "Detach/holding", setup: func(t *testing.T, f *txnFixture) {
+		change(t, f.g, func(tx *block.Txn) error {
+			_, err := tx.Hold(f.r2, f.base, "intermediate node", permR, block.PermAll)
+			return err
+		})
+	}, do: func(f *txnFixture, tx *block.Txn) error {
+		tx.Detach(f.r2)
+		return nil
+	}, want: map[string]string{
+		// A detached root keeps pointing at its node, unusable.
+		"": `
+nodes spare spare-file extra top top-file mid mid-file base base-file
+root r0: root->base
+root r1: root->top
+root r2: root->mid
+`,
+		"mid": `
+ro=false owned=true implicit=false perm=c shared=cwur ownfrozen=[]
+child mid.file->mid-file data|metadata|primary cwr/cu
+child mid.backing->base cow c/cwur blocker="node is used as backing hd of 'mid'" allows=backing
+parent top.backing->mid cow c/cwur blocker="node is used as backing hd of 'top'" allows=backing
+`,
+		"base": `
+ro=false owned=true implicit=false perm=c shared=cwur ownfrozen=[]
+child base.file->base-file data|metadata|primary cwr/cu
+parent block-backend:r0.root->base - c/cwur
+parent mid.backing->base cow c/cwur blocker="node is used as backing hd of 'mid'" allows=backing
+`,
+	}},
 	{name: "SetRootPerm", do: func(f *txnFixture, tx *block.Txn) error {
 		tx.SetRootPerm(f.r2, permR, permR|block.PermWriteUnchanged)
 		return nil
@@ -554,4 +605,22 @@ parent block-backend:r2.root->mid - c/cwur
 parent new.backing->mid cow -/cwur blocker="node is used as backing hd of 'new'" allows=backing
 `,
 	}},
+}
+
+// TestTxnAbortKeepsBlocker: retargeting a COW edge gives it its parent's
+// backing blocker; an abort gives back the blocker it had, even one a
+// job set on it.
+func TestTxnAbortKeepsBlocker(t *testing.T) {
+	f := newTxnFixture(t)
+	change(t, f.g, func(tx *block.Txn) error {
+		tx.SetBlocker(block.COWChild(f.top), "block device is in use by block job: commit", block.OpNone)
+		return nil
+	})
+	was := f.s.snap()
+	tx := f.g.Begin()
+	if err := tx.Replace(block.COWChild(f.top), f.base); err != nil {
+		t.Fatal(err)
+	}
+	tx.Abort()
+	sameGraph(t, "an aborted Replace", was, f.s.snap())
 }
