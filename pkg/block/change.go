@@ -3,7 +3,6 @@ package block
 import (
 	"context"
 	"fmt"
-	"slices"
 )
 
 // Replace points edge c at node to. Permissions are checked at Commit.
@@ -12,14 +11,29 @@ func (t *Txn) Replace(c *Child, to *Node) error {
 	if from == to {
 		return nil
 	}
+	if err := canReplace(c, to); err != nil {
+		return err
+	}
+	t.replace(c, to)
+	return nil
+}
+
+// replace points c at to once canReplace allowed it; the node c leaves
+// is freed at commit if nothing else holds it.
+func (t *Txn) replace(c *Child, to *Node) {
+	from := c.Node()
+	t.OnUndo(t.retarget(c, from, to))
+	t.OnCommit(func() { t.g.freeIfUnused(from) })
+}
+
+// canReplace says why edge c may not point at to instead, or nil.
+func canReplace(c *Child, to *Node) error {
 	if c.frozen > 0 {
 		return frozenError(c)
 	}
 	if p := c.ParentNode(); p != nil && reaches(to, p) {
 		return Errorf(ErrInvalid, "Making '%s' a %s child of '%s' would create a cycle", to.name, c.name, p.name)
 	}
-	t.OnUndo(t.retarget(c, from, to))
-	t.OnCommit(func() { t.g.freeIfUnused(from) })
 	return nil
 }
 
@@ -66,14 +80,23 @@ func (t *Txn) retarget(c *Child, from, to *Node) (undo func()) {
 
 // ReplaceNode moves the parents of from to to, except those for which
 // keep returns true (for example, the edge from a new overlay to from).
+// Every edge is checked before any moves.
 func (t *Txn) ReplaceNode(from, to *Node, keep func(c *Child) bool) error {
-	for _, c := range slices.Clone(from.parents) {
+	if from == to {
+		return nil
+	}
+	var move []*Child
+	for _, c := range from.parents {
 		if keep != nil && keep(c) {
 			continue
 		}
-		if err := t.Replace(c, to); err != nil {
+		if err := canReplace(c, to); err != nil {
 			return err
 		}
+		move = append(move, c)
+	}
+	for _, c := range move {
+		t.replace(c, to)
 	}
 	return nil
 }
@@ -256,6 +279,10 @@ func (t *Txn) CloseAll() {
 // change that flips a parent and its children goes parents first to
 // read-only and children first to read-write (see Reopen).
 func (t *Txn) ChangeReadOnly(ctx context.Context, n *Node, ro bool) error {
+	return t.atomic(func() error { return t.changeReadOnly(ctx, n, ro) })
+}
+
+func (t *Txn) changeReadOnly(ctx context.Context, n *Node, ro bool) error {
 	if ro && n.ReadOnly() != ro && n.perm&(PermWrite|PermWriteUnchanged) != 0 {
 		// compat(qsd-7.2)
 		return Errorf(ErrReadOnly, "Read-only block node '%s' cannot support read-write users", n.name)
@@ -295,8 +322,13 @@ func (t *Txn) readOnlyHook(ctx context.Context, n *Node, ro bool) error {
 // nothing else does (QEMU's bdrv_reopen_set_read_only, which jobs use to
 // write into a read-only image and to make it read-only again): the
 // children n opened itself, COW backing excepted, follow it; children go
-// first when becoming writable and last when becoming read-only.
+// first when becoming writable and last when becoming read-only. If one
+// of them refuses, none changes.
 func (t *Txn) ReopenReadOnly(ctx context.Context, n *Node, ro bool) error {
+	return t.atomic(func() error { return t.reopenReadOnly(ctx, n, ro) })
+}
+
+func (t *Txn) reopenReadOnly(ctx context.Context, n *Node, ro bool) error {
 	t.Drain(n)
 	if ro {
 		if err := t.ChangeReadOnly(ctx, n, true); err != nil {
@@ -307,7 +339,7 @@ func (t *Txn) ReopenReadOnly(ctx context.Context, n *Node, ro bool) error {
 		if c.role&RoleCOW != 0 || c.Node().monitorOwned {
 			continue
 		}
-		if err := t.ReopenReadOnly(ctx, c.Node(), ro); err != nil {
+		if err := t.reopenReadOnly(ctx, c.Node(), ro); err != nil {
 			return err
 		}
 	}

@@ -154,13 +154,39 @@ func (t *Txn) Abort() {
 	if t.done {
 		return
 	}
-	for i := len(t.undo) - 1; i >= 0; i-- {
-		t.undo[i]()
-	}
-	if err := t.g.refreshPerms(); err != nil {
+	if err := t.rollback(0, 0); err != nil {
 		t.g.log.WithError(err).Error("block: permissions do not hold after undoing a graph change")
 	}
 	t.finish()
+}
+
+// atomic runs one step of a change that may fail after it has changed
+// something (a filter opened but not yet linked, a node made read-only
+// before its child refused): on failure what the step did is undone at
+// once, so that a failed step leaves the graph as it found it and the
+// caller may go on with the change as well as abort it. Drains that the
+// step began still last until the change ends. Steps nest.
+func (t *Txn) atomic(step func() error) error {
+	undo, after := len(t.undo), len(t.after)
+	err := step()
+	if err != nil {
+		// Permissions may not hold before the step either (steps such
+		// as Replace leave them to Commit), so their error is not the
+		// step's: Commit or Abort will tell.
+		_ = t.rollback(undo, after)
+	}
+	return err
+}
+
+// rollback undoes, newest first, what the change did since it had undo
+// undos and after commit hooks recorded, and brings permissions up to
+// date with the graph as it is again.
+func (t *Txn) rollback(undo, after int) error {
+	for i := len(t.undo) - 1; i >= undo; i-- {
+		t.undo[i]()
+	}
+	t.undo, t.after = t.undo[:undo], t.after[:after]
+	return t.g.refreshPerms()
 }
 
 func (t *Txn) finish() {
@@ -170,9 +196,17 @@ func (t *Txn) finish() {
 }
 
 // Open opens a node from QMP BlockdevOptions. Top-level nodes (blockdev-add)
-// are monitor-owned and must be named.
+// are monitor-owned and must be named. A failed open leaves nothing behind.
 func (t *Txn) Open(ctx context.Context, raw json.RawMessage, monitorOwned bool) (*Node, error) {
-	return t.open(ctx, raw, "", monitorOwned, nil, false)
+	var n *Node
+	err := t.atomic(func() (err error) {
+		n, err = t.open(ctx, raw, "", monitorOwned, nil, false)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return n, nil
 }
 
 // peekDriver reads the discriminator of BlockdevOptions.

@@ -19,8 +19,20 @@ var (
 // and a child link that is omitted is an error rather than "unchanged".
 // Children may be switched to other existing nodes (or, for backing, to
 // none); the driver's own options change only if it implements Reopener.
+// A reopen that fails changes nothing.
 func (t *Txn) Reopen(ctx context.Context, raw json.RawMessage) (*Node, error) {
+	var n *Node
+	err := t.atomic(func() (err error) {
+		n, err = t.reopen(ctx, raw)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return n, nil
+}
 
+func (t *Txn) reopen(ctx context.Context, raw json.RawMessage) (*Node, error) {
 	var head map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &head); err != nil {
 		return nil, errors.New("Invalid parameter type for 'options', expected: object")

@@ -53,10 +53,12 @@ func (t *Txn) SetBacking(n, b *Node) error {
 // Append puts overlay on top of n: n becomes overlay's COW child and every
 // other user of n moves to overlay (QEMU's bdrv_append).
 func (t *Txn) Append(overlay, n *Node) error {
-	if err := t.SetBacking(overlay, n); err != nil {
-		return err
-	}
-	return t.ReplaceNode(n, overlay, func(c *Child) bool { return c.ParentNode() == overlay })
+	return t.atomic(func() error {
+		if err := t.SetBacking(overlay, n); err != nil {
+			return err
+		}
+		return t.ReplaceNode(n, overlay, func(c *Child) bool { return c.ParentNode() == overlay })
+	})
 }
 
 // InsertFilter opens a filter node above n from options raw (its filtered
@@ -67,15 +69,18 @@ func (t *Txn) Append(overlay, n *Node) error {
 // never monitor-owned, and goes away when the job removes it.
 func (t *Txn) InsertFilter(ctx context.Context, n *Node, raw json.RawMessage, implicit bool) (*Node, error) {
 	t.Drain(n)
-	f, err := t.open(ctx, raw, "", false, nil, true)
+	var f *Node
+	err := t.atomic(func() (err error) {
+		if f, err = t.open(ctx, raw, "", false, nil, true); err != nil {
+			return err
+		}
+		if !f.IsFilter() || FilteredChild(f) == nil || FilteredChild(f).Node() != n {
+			return fmt.Errorf("node '%s' is not a filter of '%s': %w", f.name, n.name, ErrInternal)
+		}
+		f.implicit = implicit
+		return t.ReplaceNode(n, f, func(c *Child) bool { return c.ParentNode() == f })
+	})
 	if err != nil {
-		return nil, err
-	}
-	if !f.IsFilter() || FilteredChild(f) == nil || FilteredChild(f).Node() != n {
-		return nil, fmt.Errorf("node '%s' is not a filter of '%s': %w", f.name, n.name, ErrInternal)
-	}
-	f.implicit = implicit
-	if err := t.ReplaceNode(n, f, func(c *Child) bool { return c.ParentNode() == f }); err != nil {
 		return nil, err
 	}
 	return f, nil
