@@ -69,7 +69,8 @@ type drainSource interface{ resume() }
 
 func (t *Txn) undrain() {
 	for _, n := range t.nodes {
-		if d, ok := n.impl.(Drainer); n.drained.Add(-1) == 0 && ok {
+		// A node the change closed heard its last call in Close.
+		if d, ok := n.impl.(Drainer); n.drained.Add(-1) == 0 && ok && !n.closed {
 			d.DrainEnd()
 		}
 	}

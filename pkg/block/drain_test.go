@@ -273,3 +273,43 @@ func checkJobDrain(t *testing.T, list, during []string, jobs ...string) {
 		}
 	}
 }
+
+// TestDrainNoEndAfterClose: a drained node that the change removes is
+// closed when the change commits, and Close is the last call its driver
+// hears: no DrainEnd after it.
+func TestDrainNoEndAfterClose(t *testing.T) {
+	probeAbove := func(t *testing.T, g *block.Graph, ev *events) {
+		change(t, g, func(tx *block.Txn) error {
+			_, err := tx.InsertFilter(txnCtx, tx.Graph().Lookup("m"), []byte(`{"driver":"draintest-probe","node-name":"p","file":"m"}`), true)
+			if err == nil {
+				tx.Graph().Lookup("p").Impl().(*probe).ev = ev
+			}
+			return err
+		})
+	}
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T, g *block.Graph, ev *events)
+		do    func(tx *block.Txn) error
+	}{
+		{"RemoveFilter", probeAbove, func(tx *block.Txn) error { return tx.RemoveFilter(tx.Graph().Lookup("p")) }},
+		{"Delete", func(t *testing.T, g *block.Graph, ev *events) { openProbe(t, g, "p", "m", ev) },
+			func(tx *block.Txn) error { return tx.Delete("p") }},
+		{"CloseAll", probeAbove, func(tx *block.Txn) error { tx.CloseAll(); return nil }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g, ev := blocktest.NewGraph(), newEvents()
+			m := blocktest.Open(t, g, `{"driver":"blocktest-mem","node-name":"m","size":65536}`)
+			blocktest.NewRoot(t, m, permR, block.PermAll)
+			tc.setup(t, g, ev)
+			change(t, g, tc.do)
+			list := ev.snapshot()
+			if !slices.Contains(list, "p:close") {
+				t.Fatalf("p not closed: %s", show(list))
+			}
+			if slices.Contains(list, "p:drain-end-after-close") {
+				t.Errorf("DrainEnd after Close: %s", show(list))
+			}
+		})
+	}
+}

@@ -130,7 +130,8 @@ type ChildPermer interface {
 }
 
 // Drainer is implemented by drivers that hold requests (throttle): while
-// drained they must let held requests go at once.
+// drained they must let held requests go at once. A node that a change
+// closes while it drains it gets no DrainEnd: Close is the last call.
 type Drainer interface {
 	DrainBegin()
 	DrainEnd()
