@@ -168,13 +168,18 @@ func (t *Txn) Freeze(cs ...*Child) error {
 	return nil
 }
 
-// Unfreeze undoes Freeze.
+// Unfreeze undoes Freeze. A link that is not frozen is left alone: a
+// count below zero would make the next Freeze a no-op.
 func (t *Txn) Unfreeze(cs ...*Child) {
+	var done []*Child
 	for _, c := range cs {
-		c.frozen--
+		if c.frozen > 0 {
+			c.frozen--
+			done = append(done, c)
+		}
 	}
 	t.OnUndo(func() {
-		for _, c := range cs {
+		for _, c := range done {
 			c.frozen++
 		}
 	})
