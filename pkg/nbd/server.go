@@ -18,8 +18,9 @@ type ServerOptions struct {
 	// violations at info level. Nil discards them.
 	Logger logrus.FieldLogger
 	// MaxConnections limits the connections served at once (handshake
-	// included); a connection beyond it is closed right after accept.
-	// 0 means no limit.
+	// included). At the limit the server stops accepting, as qsd does:
+	// the next client waits in the listen backlog until a connection
+	// ends. 0 means no limit.
 	MaxConnections int
 	// Workers is the number of requests one connection executes at once
 	// (its queue depth towards the backend). 0 means 16.
@@ -63,6 +64,7 @@ type Server struct {
 		exports   []*Export // in the order they were added (NBD_OPT_LIST order)
 		listeners map[net.Listener]struct{}
 		conns     map[*conn]struct{}
+		slotFreed chan struct{} // closed and replaced when a connection ends
 	}
 }
 
@@ -82,6 +84,7 @@ func NewServer(o ServerOptions) *Server {
 	s := &Server{opts: o, log: o.Logger, done: make(chan struct{})}
 	s.mu.listeners = make(map[net.Listener]struct{})
 	s.mu.conns = make(map[*conn]struct{})
+	s.mu.slotFreed = make(chan struct{})
 	return s
 }
 
@@ -199,6 +202,9 @@ func (s *Server) Serve(l net.Listener) error {
 
 	var backoff time.Duration
 	for {
+		if !s.waitSlot() {
+			return ErrServerClosed
+		}
 		nc, err := l.Accept()
 		if err != nil {
 			select {
@@ -234,6 +240,7 @@ func (s *Server) startConn(nc net.Conn) {
 		return
 	}
 	if s.opts.MaxConnections > 0 && len(s.mu.conns) >= s.opts.MaxConnections {
+		// Only when another listener took the slot first.
 		s.mu.Unlock()
 		s.log.WithField("remote", nc.RemoteAddr().String()).
 			Info("nbd: refusing connection: too many connections")
@@ -248,10 +255,39 @@ func (s *Server) startConn(nc net.Conn) {
 	go func() {
 		defer s.wg.Done()
 		c.serve()
-		s.mu.Lock()
-		delete(s.mu.conns, c)
-		s.mu.Unlock()
+		s.connDone(c)
 	}()
+}
+
+// waitSlot waits until fewer than MaxConnections connections are served;
+// false means the server closed meanwhile.
+func (s *Server) waitSlot() bool {
+	for {
+		s.mu.Lock()
+		closed, full, freed := s.mu.closed, s.opts.MaxConnections > 0 && len(s.mu.conns) >= s.opts.MaxConnections, s.mu.slotFreed
+		s.mu.Unlock()
+		switch {
+		case closed:
+			return false
+		case !full:
+			return true
+		}
+		select {
+		case <-freed:
+		case <-s.done:
+			return false
+		}
+	}
+}
+
+// connDone forgets a connection that ended and wakes the accept loops
+// waiting for a slot.
+func (s *Server) connDone(c *conn) {
+	s.mu.Lock()
+	delete(s.mu.conns, c)
+	close(s.mu.slotFreed)
+	s.mu.slotFreed = make(chan struct{})
+	s.mu.Unlock()
 }
 
 // ServeConn serves one already-accepted connection and returns when it is
@@ -269,9 +305,7 @@ func (s *Server) ServeConn(nc net.Conn) {
 	s.mu.Unlock()
 	defer s.wg.Done()
 	c.serve()
-	s.mu.Lock()
-	delete(s.mu.conns, c)
-	s.mu.Unlock()
+	s.connDone(c)
 }
 
 // Connections returns the number of connections being served.

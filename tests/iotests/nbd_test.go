@@ -3,6 +3,7 @@ package iotests
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -245,4 +246,40 @@ func TestNBDHostileClients(t *testing.T) {
 		t.Errorf("monitor after hostile clients: %v", err)
 	}
 	_ = os.Remove
+}
+
+// TestNBDMaxConnectionsWaits: at max-connections the server stops
+// accepting; the next client waits in the backlog with no greeting until
+// a connection ends, then is served (qsd's behaviour).
+func TestNBDMaxConnectionsWaits(t *testing.T) {
+	d := start(t)
+	sock := shortSock(t, "nbd")
+	d.Cmd("blockdev-add", map[string]any{"driver": "null-co", "node-name": "n0", "size": 1 << 20})
+	d.Cmd("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}, "max-connections": 1})
+	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "n0"})
+	greeted := func(c net.Conn, wait time.Duration) bool {
+		c.SetReadDeadline(time.Now().Add(wait))
+		var b [8]byte
+		_, err := io.ReadFull(c, b[:])
+		return err == nil && string(b[:]) == "NBDMAGIC"
+	}
+	first, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !greeted(first, 5*time.Second) {
+		t.Fatal("the first client got no greeting")
+	}
+	second, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatalf("the second client could not even connect: %v", err)
+	}
+	defer second.Close()
+	if greeted(second, 300*time.Millisecond) {
+		t.Fatal("a client beyond max-connections was served at once")
+	}
+	first.Close()
+	if !greeted(second, 5*time.Second) {
+		t.Fatal("the waiting client was not served once the first left")
+	}
 }
