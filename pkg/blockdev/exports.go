@@ -274,6 +274,9 @@ func (s *Server) addExport(ctx context.Context, a *ExportArgs, n *NBDExportArgs)
 		Writable:        writable,
 		AllocationDepth: n.AllocationDepth != nil && *n.AllocationDepth,
 		MultiConn:       true,
+		// compat(qsd-7.2): the node's request alignment is the minimum
+		// block size a client that asks for block sizes must honour.
+		MinBlock: minBlock(node),
 	})
 	if err != nil {
 		return err
@@ -284,6 +287,16 @@ func (s *Server) addExport(ctx context.Context, a *ExportArgs, n *NBDExportArgs)
 	}
 	s.exports.exports = append(s.exports.exports, &export{id: a.ID, root: root, nbd: ex})
 	return nil
+}
+
+// minBlock is the NBD minimum block size of an export of n: its request
+// alignment where NBD can express it (a power of two up to 64 KiB).
+func minBlock(n *block.Node) uint32 {
+	a := n.Caps().Limits.RequestAlign
+	if a <= 1 || a > 64<<10 || a&(a-1) != 0 {
+		return 0
+	}
+	return uint32(a)
 }
 
 // findExport returns the export with id, or nil. s.mu must be held.

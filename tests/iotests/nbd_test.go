@@ -283,3 +283,28 @@ func TestNBDMaxConnectionsWaits(t *testing.T) {
 		t.Fatal("the waiting client was not served once the first left")
 	}
 }
+
+// TestNBDMinimumBlockSize: an export's minimum block size is its node's
+// request alignment (blkdebug's align here), for clients that ask for
+// block sizes; nbdinfo shows it.
+func TestNBDMinimumBlockSize(t *testing.T) {
+	d := start(t)
+	sock := shortSock(t, "nbd")
+	d.Cmd("blockdev-add", map[string]any{"driver": "blkdebug", "node-name": "dbg", "align": 4096,
+		"image": map[string]any{"driver": "null-co", "size": 1 << 20, "read-zeroes": true}})
+	d.Cmd("blockdev-add", map[string]any{"driver": "null-co", "node-name": "plain", "size": 1 << 20})
+	d.Cmd("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
+	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "dbg"})
+	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e1", "node-name": "plain"})
+	for export, want := range map[string]float64{"dbg": 4096, "plain": 1} {
+		var info struct {
+			Exports []map[string]any `json:"exports"`
+		}
+		if err := json.Unmarshal([]byte(run(t, "nbdinfo", "--json", nbdURI(sock, export))), &info); err != nil {
+			t.Fatal(err)
+		}
+		if len(info.Exports) != 1 || info.Exports[0]["block_size_minimum"] != want {
+			t.Errorf("export %s: %v, want block_size_minimum %v", export, info.Exports, want)
+		}
+	}
+}
