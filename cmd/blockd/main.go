@@ -6,7 +6,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -47,6 +46,8 @@ A block-storage daemon compatible with qemu-storage-daemon 7.2's QMP.
                              for --chardev/--monitor)
   --chardev socket,id=ID,path=PATH[,server=on][,wait=off]
                              a UNIX socket for a monitor
+  --chardev socket,id=ID,host=HOST,port=PORT[,server=on][,wait=off]
+                             a TCP socket for a monitor
   --chardev stdio,id=ID      stdin and stdout for a monitor; the daemon
                              exits when stdin closes
   --monitor [chardev=]ID[,mode=control][,pretty=on|off]
@@ -210,7 +211,7 @@ type daemon struct {
 	log      logrus.FieldLogger
 	bd       *blockdev.Server
 	q        *qmp.Server
-	chardevs map[string]string // id -> socket path
+	chardevs map[string]chardev // by id, until a monitor uses them
 	monitors []net.Listener
 
 	stdioDone chan struct{} // closed when a stdio monitor's client is gone
@@ -222,7 +223,7 @@ type daemon struct {
 // newDaemon makes the daemon's servers; withMetrics makes them count
 // what --metrics will serve.
 func newDaemon(log logrus.FieldLogger, withMetrics bool) *daemon {
-	d := &daemon{log: log, chardevs: map[string]string{}, stdioDone: make(chan struct{})}
+	d := &daemon{log: log, chardevs: map[string]chardev{}, stdioDone: make(chan struct{})}
 	d.bd = blockdev.New(log)
 	var onCommand func(string, qmp.Class)
 	if withMetrics {
@@ -290,83 +291,6 @@ func (d *daemon) setup(opts []option) error {
 		}
 	}
 	return nil
-}
-
-func (d *daemon) listen(path string, pretty bool) error {
-	l, err := qmp.Listen(path)
-	if err != nil {
-		return err
-	}
-	d.monitors = append(d.monitors, l)
-	go func() {
-		if err := d.q.ServeMonitor(l, qmp.MonitorOptions{Pretty: pretty}); err != nil && !errors.Is(err, qmp.ErrServerClosed) {
-			d.log.WithError(err).Warn("qmp: serve")
-		}
-	}()
-	d.log.WithField("socket", path).Info("QMP monitor listening")
-	return nil
-}
-
-func (d *daemon) chardev(s string) error {
-	kv, err := blockdev.ParseKeyval(s, "backend")
-	if err != nil {
-		return err
-	}
-	id, _ := kv["id"].(string)
-	if kv["backend"] == "stdio" {
-		if id == "" {
-			return fmt.Errorf("a stdio chardev needs id=")
-		}
-		d.chardevs[id] = stdioChardev
-		return nil
-	}
-	if kv["backend"] != "socket" {
-		return fmt.Errorf("only 'socket' and 'stdio' character devices are supported")
-	}
-	path, _ := kv["path"].(string)
-	if id == "" || path == "" {
-		return fmt.Errorf("a socket chardev needs id= and path=")
-	}
-	if v, ok := kv["server"]; ok && v != "on" && v != "true" && v != "yes" {
-		return fmt.Errorf("only server sockets are supported")
-	}
-	d.chardevs[id] = path
-	return nil
-}
-
-func (d *daemon) monitor(s string) error {
-	kv, err := blockdev.ParseKeyval(s, "chardev")
-	if err != nil {
-		return err
-	}
-	id, _ := kv["chardev"].(string)
-	path, ok := d.chardevs[id]
-	if !ok {
-		return fmt.Errorf("chardev '%s' not found", id)
-	}
-	if m, ok := kv["mode"]; ok && m != "control" {
-		return fmt.Errorf("only mode=control monitors are supported")
-	}
-	pretty := kv["pretty"] == "on"
-	delete(d.chardevs, id)
-	if path == stdioChardev {
-		d.serveStdio(pretty)
-		return nil
-	}
-	return d.listen(path, pretty)
-}
-
-// stdioChardev marks a chardev on stdin and stdout among socket paths.
-const stdioChardev = "\x00stdio"
-
-// serveStdio serves QMP on stdin and stdout; when stdin closes, the
-// daemon shuts down as on quit.
-func (d *daemon) serveStdio(pretty bool) {
-	done := d.q.ServeConn(stdioConn{os.Stdin, os.Stdout}, qmp.MonitorOptions{Pretty: pretty})
-	go func() {
-		<-done
-		close(d.stdioDone)
-	}()
 }
 
 func (d *daemon) blockdev(ctx context.Context, s string) error {

@@ -358,8 +358,13 @@ type rawClient struct {
 	closed  bool
 }
 
-func dialRaw(path string) (*rawClient, error) {
-	c, err := net.Dial("unix", path)
+func dialRaw(path string) (*rawClient, error) { return dialRawNet("unix", path) }
+
+// dialRawTCP is dialRaw for a monitor on TCP.
+func dialRawTCP(addr string) (*rawClient, error) { return dialRawNet("tcp", addr) }
+
+func dialRawNet(network, addr string) (*rawClient, error) {
+	c, err := net.Dial(network, addr)
 	if err != nil {
 		return nil, err
 	}

@@ -110,3 +110,24 @@ func TestStdioMonitorEOF(t *testing.T) {
 		t.Errorf("exit after stdin closed: %v", err)
 	}
 }
+
+// TestTCPMonitor: a monitor on a TCP chardev (host and port), as qsd
+// takes it on its command line.
+func TestTCPMonitor(t *testing.T) {
+	port := freePort(t)
+	d := start(t, "--chardev", "socket,id=t0,host=127.0.0.1,port="+port+",server=on,wait=off", "--monitor", "chardev=t0")
+	c, err := dialRawTCP("127.0.0.1:" + port)
+	if err != nil {
+		t.Fatalf("connecting to the TCP monitor: %v\n%s", err, d.Log())
+	}
+	defer c.close()
+	if _, qerr := c.call("qmp_capabilities", nil); qerr != nil {
+		t.Fatal(qerr)
+	}
+	if _, qerr := c.call("blockdev-add", map[string]any{"driver": "null-co", "node-name": "n0"}); qerr != nil {
+		t.Fatal(qerr)
+	}
+	if _, ok := namedNodes(d, true)["n0"]; !ok {
+		t.Error("a node added over the TCP monitor is not in the graph")
+	}
+}
