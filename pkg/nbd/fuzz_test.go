@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blockd/blockd/internal/fuzzcheck"
 	"github.com/blockd/blockd/pkg/nbd"
 	"github.com/blockd/blockd/pkg/nbd/nbdtest"
 )
@@ -100,7 +101,7 @@ func FuzzOptions(f *testing.F) {
 		if len(data) > 0 && data[0] == 0xff {
 			flags = []byte{0, 0, 0, data[len(data)-1] & 7}
 		}
-		feed(t, s, cat(flags, data))
+		fuzzcheck.Bounded(t, func() { feed(t, s, cat(flags, data)) })
 	})
 }
 
@@ -126,6 +127,6 @@ func FuzzRequests(f *testing.F) {
 				opt(optSetMetaContext, metaData("e", "base:allocation", "qemu:allocation-depth")),
 				opt(optGo, infoData("e", 3)))
 		}
-		feed(t, s, cat(hs, data))
+		fuzzcheck.Bounded(t, func() { feed(t, s, cat(hs, data)) })
 	})
 }

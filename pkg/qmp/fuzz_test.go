@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+
+	"github.com/blockd/blockd/internal/fuzzcheck"
 )
 
 // FuzzParse feeds arbitrary bytes to the stream parser. It must never
@@ -60,8 +62,12 @@ func FuzzParse(f *testing.F) {
 			}
 			return out, nil
 		}
-		whole, errWhole := run(len(data) + 1)
-		bytewise, errBytes := run(1)
+		var whole, bytewise []string
+		var errWhole, errBytes error
+		fuzzcheck.Bounded(t, func() {
+			whole, errWhole = run(len(data) + 1)
+			bytewise, errBytes = run(1)
+		})
 		if errWhole != errBytes || strings.Join(whole, "\n") != strings.Join(bytewise, "\n") {
 			t.Fatalf("chunking changes the result:\n%q %v\n%q %v", whole, errWhole, bytewise, errBytes)
 		}

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/blockd/blockd/internal/fuzzcheck"
 	"github.com/blockd/blockd/pkg/block"
 	"github.com/blockd/blockd/pkg/block/blocktest"
 )
@@ -246,7 +247,7 @@ func FuzzHeader(f *testing.F) {
 		if len(data) > 4<<20 || bigTables(data) {
 			return
 		}
-		exerciseImage(t, data, rw)
+		fuzzcheck.Bounded(t, func() { exerciseImage(t, data, rw) })
 	})
 }
 
@@ -274,6 +275,6 @@ func FuzzTables(f *testing.F) {
 		if bigTables(img) {
 			return
 		}
-		exerciseImage(t, img, true)
+		fuzzcheck.Bounded(t, func() { exerciseImage(t, img, true) })
 	})
 }
