@@ -2,6 +2,8 @@ package qmp
 
 import (
 	"bytes"
+	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 
@@ -72,4 +74,98 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("chunking changes the result:\n%q %v\n%q %v", whole, errWhole, bytewise, errBytes)
 		}
 	})
+}
+
+// fuzzDst is one destination set for FuzzDecode: the shapes the handlers
+// decode into (a flat union's common and variant structs with a map for
+// the rest, embedded structs, alternates, every scalar width).
+type fuzzDst struct {
+	name string
+	new  func() []any
+}
+
+var fuzzDsts = []fuzzDst{
+	{"all", func() []any { return []any{new(allTypes)} }},
+	{"union", func() []any { return []any{new(commonOpts), new(fileOpts)} }},
+	{"union+rest", func() []any { return []any{new(commonOpts), &map[string]json.RawMessage{}} }},
+	{"embedded", func() []any { return []any{new(embeddedOpts)} }},
+	{"shadowing", func() []any { return []any{new(shadowing)} }},
+}
+
+// FuzzDecode decodes arbitrary JSON into each destination set. Decode must
+// not panic, must fail only with a GenericError that names the problem
+// (never "Internal error": these types are all supported), and what it
+// accepts must encode and decode again to the same thing.
+func FuzzDecode(f *testing.F) {
+	for _, s := range []string{
+		`{}`, `{"s": "x", "b": true, "i": 3, "i8": -128, "u64": -1, "f": 1e3, "sync": "full"}`,
+		`{"any": {"n": 1, "l": [true]}, "raw": {"b": 1e3}, "map": {"k": 7}, "file": {"filename": "f"}}`,
+		`{"list": [{"filename": "g"}], "ref": "n0", "deep": {"x": [1, 2.5]}, "syncs": ["top", "none"]}`,
+		`{"ref": {"filename": "f"}, "fail": {}}`, `{"ref": null, "u8": 256, "i32": 2147483648}`,
+		`{"driver": "qcow2", "node-name": "n", "filename": "f", "extra": 1, "a": {"b": null}}`,
+		`{"driver": "raw", "read-only": true, "bogus": []}`, `[1]`, `"x"`, `{"u64": 18446744073709551616}`,
+		`{"f": 1e999, "i": 1.0, "s": "\u0000\ud800"}`, `{"i": 9223372036854775807, "i64": -9223372036854775808}`,
+	} {
+		for i := range fuzzDsts {
+			f.Add(uint8(i), []byte(s))
+		}
+	}
+	f.Fuzz(func(t *testing.T, which uint8, raw []byte) {
+		d := fuzzDsts[int(which)%len(fuzzDsts)]
+		fuzzcheck.Bounded(t, func() { decodeRoundTrip(t, d, raw) })
+	})
+}
+
+func decodeRoundTrip(t *testing.T, d fuzzDst, raw []byte) {
+	dsts := d.new()
+	err := Decode(raw, "", dsts...)
+	if err != nil {
+		var qe *Error
+		if !errors.As(err, &qe) || qe.Class != GenericError || qe.Desc == "" || qe.Desc == "Internal error" {
+			t.Fatalf("%s: Decode(%q) failed with %#v", d.name, raw, err)
+		}
+		return
+	}
+	enc, ok := mergeJSON(t, dsts)
+	if !ok {
+		return // ±Inf from 1e999: decodable, not encodable by encoding/json
+	}
+	again := d.new()
+	if err := Decode(enc, "", again...); err != nil {
+		t.Fatalf("%s: %q decodes, its encoding %s does not: %v", d.name, raw, enc, err)
+	}
+	if enc2, _ := mergeJSON(t, again); !bytes.Equal(enc, enc2) {
+		t.Fatalf("%s: round trip of %q changes it:\n%s\n%s", d.name, raw, enc, enc2)
+	}
+}
+
+// mergeJSON encodes the destinations as one object, as a client would send
+// them; ok is false when encoding/json cannot encode a value.
+func mergeJSON(t *testing.T, dsts []any) (json.RawMessage, bool) {
+	all := map[string]json.RawMessage{}
+	for _, d := range dsts {
+		b, err := json.Marshal(d)
+		if err != nil {
+			return nil, false
+		}
+		if err := json.Unmarshal(b, &all); err != nil {
+			t.Fatalf("%s: %v", b, err)
+		}
+	}
+	b, err := json.Marshal(all)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, true
+}
+
+// MarshalJSON writes the alternate back as it came.
+func (r blockdevRef) MarshalJSON() ([]byte, error) {
+	switch {
+	case r.Null:
+		return []byte("null"), nil
+	case r.Opts != nil:
+		return json.Marshal(r.Opts)
+	}
+	return json.Marshal(r.Name)
 }
