@@ -3,14 +3,18 @@
 #   make run    build blockd and start it on ./blockd.sock
 #   make test   install what the tests need, then run every test:
 #               unit tests (with -race) and the iotests against blockd
-#               and against qemu-storage-daemon
+#               and against qemu-storage-daemon, and every fuzz target
+#               for a second (its seed corpus runs with the unit tests)
+#   make fuzz   run every fuzz target for FUZZTIME (60s; the nightly form
+#               is make fuzz FUZZTIME=10m), see scripts/fuzz.sh
 
 GO       ?= go
 BIN      := bin/blockd
 SOCK     ?= $(CURDIR)/blockd.sock
 NBDSOCK  ?= $(CURDIR)/blockd-nbd.sock
+FUZZTIME ?= 60s
 
-.PHONY: all build run test unit iotests iotests-blockd iotests-qsd lint deps bench fuzz clean
+.PHONY: all build run test unit iotests iotests-blockd iotests-qsd lint deps bench fuzz fuzz-short clean
 
 all: build
 
@@ -37,7 +41,7 @@ run: build
 deps:
 	@./scripts/deps.sh
 
-test: deps lint unit iotests
+test: deps lint unit fuzz-short iotests
 
 unit:
 	$(GO) test -race -count=1 ./pkg/... ./cmd/... ./internal/...
@@ -60,7 +64,10 @@ bench: build
 	./bench/run.sh
 
 fuzz:
-	$(GO) test -run=^$$ -fuzz=FuzzParse -fuzztime=60s ./pkg/qmp/
+	GO=$(GO) FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
+
+fuzz-short:
+	GO=$(GO) FUZZTIME=1s ./scripts/fuzz.sh
 
 clean:
 	rm -rf bin
