@@ -10,6 +10,7 @@
 #   FUZZ=FuzzHeader scripts/fuzz.sh      only targets matching a regexp
 #   FUZZPARALLEL=1 scripts/fuzz.sh       fuzz workers per target (default:
 #                                        GOMAXPROCS, go test's default)
+#   FUZZLOGDIR=dir scripts/fuzz.sh       keep each target's go test output
 set -eu
 cd "$(dirname "$0")/.."
 GO=${GO:-go}
@@ -18,8 +19,13 @@ FUZZ=${FUZZ:-.}
 par=""
 [ -n "${FUZZPARALLEL:-}" ] && par="-parallel=$FUZZPARALLEL"
 
-log=$(mktemp -d)
-trap 'rm -rf "$log"' EXIT
+if [ -n "${FUZZLOGDIR:-}" ]; then
+	log=$FUZZLOGDIR
+	mkdir -p "$log"
+else
+	log=$(mktemp -d)
+	trap 'rm -rf "$log"' EXIT
+fi
 
 # "go test -list" prints a package's targets, then "ok <package> <time>".
 $GO test -list '^Fuzz' ./pkg/... | awk '/^Fuzz/ { t = t " " $1 } /^ok/ { if (t != "") print $2 t; t = "" }' >"$log/targets"
