@@ -557,15 +557,20 @@ func (j *Job) parkLocked() {
 			return
 		}
 	}
-	j.parked = true
-	switch j.status {
-	case Running:
-		j.moveLocked(Paused)
-	case Ready:
-		j.moveLocked(Standby)
-	}
-	j.cond.Broadcast()
 	for j.pauses > 0 && !(j.cancelled && j.force) {
+		// Parked anew each time round: a resume clears the flag and moves
+		// the job back at once, and a pause (a drain) may come before this
+		// goroutine runs again; the drain waits for the flag.
+		if !j.parked {
+			j.parked = true
+			switch j.status {
+			case Running:
+				j.moveLocked(Paused)
+			case Ready:
+				j.moveLocked(Standby)
+			}
+			j.cond.Broadcast()
+		}
 		j.cond.Wait()
 	}
 	// The last resume moved the job back already; a cancel did not.

@@ -518,6 +518,50 @@ func TestDrainPausesJob(t *testing.T) {
 	}
 }
 
+// TestDrainRightAfterResume: a drain that comes after job-resume and
+// before the resumed body runs again must still see the job parked.
+// The resume had cleared the parked flag; the body, still in its wait
+// loop because the drain paused it again, never set it back, and the
+// drain waited forever (found by FuzzCommands: block-stream, job-pause,
+// job-resume, then shutdown).
+func TestDrainRightAfterResume(t *testing.T) {
+	r, rec, _ := newRunner()
+	g := r.g
+	n := blocktest.Open(t, g, `{"driver":"blocktest-mem","node-name":"n","size":1048576}`)
+	body := &setupBody{setup: func(tx *block.Txn, j *Job) error {
+		_, err := j.NewRoot(tx, n, "main node", block.PermConsistentRead, block.PermAll)
+		return err
+	}, run: func(ctx context.Context, j *Job) error {
+		for {
+			if err := j.Yield(ctx); err != nil {
+				return err
+			}
+		}
+	}}
+	j, err := r.Start(context.Background(), "j", "test", body, blockOpts)
+	mustOK(t, err)
+	mustOK(t, j.Pause())
+	waitStatus(t, j, Paused)
+	drained := make(chan *block.Txn)
+	go func() {
+		mustOK(t, j.Resume())
+		tx := g.Begin()
+		tx.Drain(n)
+		drained <- tx
+	}()
+	select {
+	case tx := <-drained:
+		tx.Abort()
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the drain after a resume waits forever; events %s", rec)
+	}
+	mustOK(t, j.Cancel(true))
+	r.Close()
+	if got := rec.String(); !strings.HasPrefix(got, "created,running,paused,running,paused,running") {
+		t.Errorf("events %s", got)
+	}
+}
+
 type setupBody struct {
 	setup func(tx *block.Txn, j *Job) error
 	run   func(ctx context.Context, j *Job) error
