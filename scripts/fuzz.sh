@@ -37,7 +37,9 @@ while read -r pkg targets; do
 		echo "$t" | grep -Eq -- "$FUZZ" || continue
 		out="$log/$t.out"
 		status=ok
-		$GO test -run='^$' -fuzz="^$t\$" -fuzztime="$FUZZTIME" $par "$pkg" >"$out" 2>&1 || status=fail
+		crash="$log/$t.crash"
+		mkdir -p "$crash"
+		FUZZCRASHDIR=$crash $GO test -run='^$' -fuzz="^$t\$" -fuzztime="$FUZZTIME" $par "$pkg" >"$out" 2>&1 || status=fail
 		if [ $status = fail ] && ! grep -q 'Failing input written to' "$out" &&
 			grep -q 'context deadline exceeded' "$out"; then
 			# golang/go#75804 (fixed in Go 1.27): the coordinator can report
@@ -62,6 +64,8 @@ while read -r pkg targets; do
 		fail)
 			failed=1
 			sed -n '/--- FAIL/,$p' "$out" | head -n 60
+			# What a fuzzing process printed as it died (see fuzzcheck).
+			find "$crash" -type f -size +0 -exec head -n 80 {} \;
 			;;
 		esac
 	done

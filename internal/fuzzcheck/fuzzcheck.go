@@ -6,9 +6,31 @@
 package fuzzcheck
 
 import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime/debug"
 	"runtime/metrics"
 	"testing"
 )
+
+// A fuzzing process's output goes nowhere: when a panic in a goroutine
+// other than the test's, or go test's own 10 s "deadlocked!" timer, ends
+// it, go test says only "fuzzing process hung or terminated
+// unexpectedly". With FUZZCRASHDIR set (scripts/fuzz.sh sets it), each
+// test process copies its fatal panic and stacks to a file there.
+func init() {
+	dir := os.Getenv("FUZZCRASHDIR")
+	if dir == "" {
+		return
+	}
+	f, err := os.Create(filepath.Join(dir, fmt.Sprintf("crash-%d.txt", os.Getpid())))
+	if err != nil {
+		return
+	}
+	_ = debug.SetCrashOutput(f, debug.CrashOptions{})
+	f.Close() // SetCrashOutput keeps its own descriptor
+}
 
 // MaxAlloc is what one fuzz input may allocate in all: far above what any
 // parser needs for the small inputs the targets feed, far below what a
