@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // MaxBackingDepth bounds chains opened from image headers, so that a
@@ -76,11 +77,17 @@ func (o *Opener) AttachBacking(ctx context.Context, backing, format string) (*Ch
 
 // probe guesses the format of an image file from its first bytes.
 func probe(path string) (string, error) {
-	f, err := os.Open(path)
+	// Non-blocking, so that a FIFO named by a hostile header cannot hang
+	// the open; what is no regular file or device is left to the file
+	// driver to refuse.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return "", fmt.Errorf("%s", Strerror(err))
 	}
 	defer f.Close()
+	if st, err := f.Stat(); err != nil || st.Mode()&(os.ModeNamedPipe|os.ModeSocket) != 0 {
+		return "raw", nil
+	}
 	head := make([]byte, 2048)
 	n, _ := f.Read(head)
 	best, score := "raw", 0

@@ -2,8 +2,12 @@ package iotests
 
 import (
 	"encoding/binary"
+	"fmt"
 	"os"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // patch writes b at off into the file.
@@ -76,4 +80,37 @@ func TestHostileImages(t *testing.T) {
 		t.Errorf("nodes left after failed opens: %v", n)
 	}
 	d.Cmd("query-version", nil)
+}
+
+// TestHostileFIFOBacking: an image whose header names a FIFO as its
+// backing file is refused with a clear error instead of hanging the
+// daemon in open(2).
+func TestHostileFIFOBacking(t *testing.T) {
+	skipOnQSD(t, "qsd 7.2 hangs in open(2) of the FIFO")
+	d := start(t)
+	fifo := d.Path("fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The format is given: without one, qemu-img cannot make the image
+	// (blockd's probe of such a path is covered by a unit test).
+	for i, format := range []string{"raw", "qcow2"} {
+		img := d.Path(fmt.Sprintf("img%d.qcow2", i))
+		run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", fifo, "-F", format, img, "1M")
+		errc := make(chan *QMPError, 1)
+		go func() {
+			_, qerr := d.Try("blockdev-add", map[string]any{"driver": "qcow2", "node-name": fmt.Sprint("n", i),
+				"file": map[string]any{"driver": "file", "filename": img}})
+			errc <- qerr
+		}()
+		select {
+		case qerr := <-errc:
+			want := fmt.Sprintf("'file' driver requires '%s' to be either a regular file or a block device", fifo)
+			if qerr == nil || !strings.Contains(qerr.Desc, want) {
+				t.Errorf("image %d: %v, want an error containing %q", i, qerr, want)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("image %d: blockdev-add hangs on a FIFO backing file", i)
+		}
+	}
 }

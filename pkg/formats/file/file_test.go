@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"github.com/blockd/blockd/pkg/block"
@@ -41,7 +42,14 @@ func TestFileDriver(t *testing.T) {
 func TestFileErrors(t *testing.T) {
 	g := blocktest.NewGraph()
 	dir := t.TempDir()
+	fifo := dir + "/fifo"
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct{ opts, want string }{
+		// A FIFO must be refused, not block the open until a writer comes.
+		{fmt.Sprintf(`{"driver":"file","node-name":"x","filename":%q}`, fifo), fmt.Sprintf("'file' driver requires '%s' to be either a regular file or a block device", fifo)},
+		{fmt.Sprintf(`{"driver":"file","node-name":"x","filename":%q,"read-only":true}`, fifo), fmt.Sprintf("'file' driver requires '%s' to be either a regular file or a block device", fifo)},
 		{`{"driver":"file","node-name":"x","filename":"/nonexistent/x"}`, "Could not open '/nonexistent/x': No such file or directory"},
 		{fmt.Sprintf(`{"driver":"file","node-name":"x","filename":%q}`, dir), fmt.Sprintf("Could not open '%s': Is a directory", dir)},
 		{`{"driver":"file","node-name":"x"}`, "Parameter 'filename' is missing"},
