@@ -170,7 +170,7 @@ func (j *Job) ReleaseRoot(tx *block.Txn, r *block.Root) {
 	tx.Detach(r)
 	tx.OnUndo(func() {
 		j.mu.Lock()
-		j.roots = append(j.roots, r)
+		j.roots = slices.Insert(j.roots, min(i, len(j.roots)), r) // where it was
 		j.mu.Unlock()
 	})
 }
