@@ -119,6 +119,7 @@ func (s *Server) handlers() map[string]qmp.Handler {
 		"qom-get":                   qmp.Command(s.qomGet),
 		"qom-set":                   qmp.Command(s.qomSet),
 		"block-set-write-threshold": qmp.Command(s.blockSetWriteThreshold),
+		"x-blockdev-set-iothread":   qmp.Command(s.xBlockdevSetIOThread),
 	}
 }
 
