@@ -118,6 +118,7 @@ func (s *Server) handlers() map[string]qmp.Handler {
 		"object-del":                qmp.Command(s.objectDel),
 		"qom-get":                   qmp.Command(s.qomGet),
 		"qom-set":                   qmp.Command(s.qomSet),
+		"qom-list":                  qmp.Command(s.qomList),
 		"block-set-write-threshold": qmp.Command(s.blockSetWriteThreshold),
 		"x-blockdev-set-iothread":   qmp.Command(s.xBlockdevSetIOThread),
 	}

@@ -149,6 +149,15 @@ func (g *Group) SetLimits(l Limits) error {
 	return nil
 }
 
+// LegacyPropertyNames lists the flat x-* properties (qom-list).
+func LegacyPropertyNames() []string {
+	names := make([]string, len(params))
+	for i, p := range params {
+		names[i] = "x-" + p.name
+	}
+	return names
+}
+
 // LegacyProperty reads a flat x-* property (qom-get "x-iops-total").
 func (g *Group) LegacyProperty(name string) (int64, bool) {
 	for _, p := range params {
