@@ -14,7 +14,7 @@ SOCK     ?= $(CURDIR)/blockd.sock
 NBDSOCK  ?= $(CURDIR)/blockd-nbd.sock
 FUZZTIME ?= 60s
 
-.PHONY: all build run test unit iotests iotests-blockd iotests-qsd lint deps bench fuzz fuzz-short clean
+.PHONY: all build run test unit iotests iotests-blockd iotests-qsd lint deps bench fuzz fuzz-short crash clean
 
 all: build
 
@@ -68,6 +68,16 @@ fuzz:
 
 fuzz-short:
 	GO=$(GO) FUZZTIME=1s ./scripts/fuzz.sh
+
+# The crash campaign: kill -9 at CRASH_POINTS seeded points of every job
+# (make test runs 2 per job inside the iotests). CRASH_SEED picks them.
+CRASH_POINTS ?= 50
+CRASH_SEED   ?= 1
+crash: deps
+	@mkdir -p bin
+	CRASH_POINTS=$(CRASH_POINTS) CRASH_SEED=$(CRASH_SEED) IOTESTS_DAEMON=blockd \
+		$(GO) test -count=1 -timeout 60m -run TestCrashJobs -v ./tests/iotests/ 2>&1 | tee bin/crash.log | grep -E '^\s*(--- |ok|FAIL|crash_test)'
+	@grep -q '^ok' bin/crash.log
 
 clean:
 	rm -rf bin
