@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"time"
+
+	"github.com/blockd/blockd/bench/internal/benchutil"
 )
 
 // A jobCase is one job run on a fresh copy of the images.
@@ -76,25 +78,25 @@ type measured struct{ secs, cpu, rss, finish, quit float64 }
 func runOnce(name, dir, orig string, c jobCase, size, warm int64) measured {
 	run := filepath.Join(dir, "run")
 	os.RemoveAll(run)
-	check(os.Mkdir(run, 0o755))
+	benchutil.Check(os.Mkdir(run, 0o755))
 	defer os.RemoveAll(run)
 	var imgs []string
 	for _, l := range c.images {
 		img := filepath.Join(run, l+".qcow2")
-		mustRun("cp", "--reflink=auto", filepath.Join(orig, l+".qcow2"), img)
+		benchutil.MustRun("cp", "--reflink=auto", filepath.Join(orig, l+".qcow2"), img)
 		imgs = append(imgs, img)
 	}
 	nodes := c.images
 	if c.target {
 		img := filepath.Join(run, "target.qcow2")
-		mustRun("qemu-img", "create", "-q", "-f", "qcow2", img, fmt.Sprint(size))
+		benchutil.MustRun("qemu-img", "create", "-q", "-f", "qcow2", img, fmt.Sprint(size))
 		imgs = append(imgs, img)
 		nodes = append(nodes[:len(nodes):len(nodes)], "target")
 	}
 	// The copies must not be written back while a daemon runs, and both
 	// daemons read them from the page cache.
-	mustRun("sync", imgs...)
-	mustRun("cat", imgs...)
+	benchutil.MustRun("sync", imgs...)
+	benchutil.MustRun("cat", imgs...)
 
 	d := startDaemon(name, dir)
 	defer d.kill() // if a step below fails before quit
@@ -107,15 +109,15 @@ func runOnce(name, dir, orig string, c jobCase, size, warm int64) measured {
 	var m measured
 	faultIn(warm)
 	pid := d.cmd.Process.Pid
-	cpu0 := cpuSeconds(pid)
+	cpu0 := benchutil.CPUSeconds(pid)
 	stopPerf := startPerf(pid, name, c.name)
 	t0 := time.Now()
 	d.cmd1(c.command, args)
 	d.wait(c.until)
 	m.secs = time.Since(t0).Seconds()
 	stopPerf()
-	m.cpu = cpuSeconds(pid) - cpu0
-	m.rss = peakRSS(pid)
+	m.cpu = benchutil.CPUSeconds(pid) - cpu0
+	m.rss = benchutil.PeakRSS(pid)
 	if c.until == "BLOCK_JOB_READY" {
 		t0 = time.Now()
 		d.cmd1("block-job-complete", map[string]any{"device": "j0"})
@@ -164,11 +166,11 @@ func verify(name, orig, run string, c jobCase) {
 			fail("qemu-img check: %v\n%s", err, out)
 		}
 		out, err := exec.Command("qemu-img", "info", "--output=json", img).Output()
-		check(err)
+		benchutil.Check(err)
 		var info struct {
 			Backing string `json:"backing-filename"`
 		}
-		check(json.Unmarshal(out, &info))
+		benchutil.Check(json.Unmarshal(out, &info))
 		if info.Backing != ic.backing && filepath.Base(info.Backing) != ic.backing {
 			fail("backing file is %q, want %q", info.Backing, ic.backing)
 		}
@@ -189,7 +191,7 @@ func startPerf(pid int, name, cs string) (stop func()) {
 	if *perfDir == "" {
 		return func() {}
 	}
-	check(os.MkdirAll(*perfDir, 0o755))
+	benchutil.Check(os.MkdirAll(*perfDir, 0o755))
 	var out string
 	for i := 1; ; i++ {
 		out = filepath.Join(*perfDir, fmt.Sprintf("%s-%s-%d.data", name, cs, i))
@@ -198,7 +200,7 @@ func startPerf(pid int, name, cs string) (stop func()) {
 		}
 	}
 	rec := exec.Command("perf", "record", "-q", "-g", "-p", fmt.Sprint(pid), "-o", out)
-	check(rec.Start())
+	benchutil.Check(rec.Start())
 	time.Sleep(200 * time.Millisecond) // perf attaches
 	return func() {
 		rec.Process.Signal(os.Interrupt)

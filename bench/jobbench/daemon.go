@@ -10,9 +10,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"time"
+
+	"github.com/blockd/blockd/bench/internal/benchutil"
 )
 
 type daemon struct {
@@ -46,7 +46,7 @@ func startDaemon(name, dir string) *daemon {
 		// them on the heap: qsd's best case, every run.
 		cmd.Env = append(os.Environ(), "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=1073741824")
 	}
-	check(cmd.Start())
+	benchutil.Check(cmd.Start())
 	var conn net.Conn
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -61,7 +61,7 @@ func startDaemon(name, dir string) *daemon {
 	}
 	d := &daemon{name: name, cmd: cmd, conn: conn, dec: json.NewDecoder(bufio.NewReader(conn))}
 	var greeting map[string]any
-	check(d.dec.Decode(&greeting))
+	benchutil.Check(d.dec.Decode(&greeting))
 	d.cmd1("qmp_capabilities", nil)
 	return d
 }
@@ -74,12 +74,12 @@ func (d *daemon) cmd1(name string, args any) {
 		req["arguments"] = args
 	}
 	b, err := json.Marshal(req)
-	check(err)
+	benchutil.Check(err)
 	_, err = d.conn.Write(append(b, '\n'))
-	check(err)
+	benchutil.Check(err)
 	for {
 		var m map[string]any
-		check(d.dec.Decode(&m))
+		benchutil.Check(d.dec.Decode(&m))
 		switch {
 		case m["event"] != nil:
 			d.ev = append(d.ev, m)
@@ -99,7 +99,7 @@ func (d *daemon) waitEvent(names ...string) (string, map[string]any) {
 		if len(d.ev) > 0 {
 			m, d.ev = d.ev[0], d.ev[1:]
 		} else {
-			check(d.dec.Decode(&m))
+			benchutil.Check(d.dec.Decode(&m))
 		}
 		name, _ := m["event"].(string)
 		if slices.Contains(names, name) {
@@ -114,7 +114,7 @@ func (d *daemon) waitEvent(names ...string) (string, map[string]any) {
 func (d *daemon) quit() {
 	req := []byte(`{"execute": "quit"}` + "\n")
 	_, err := d.conn.Write(req)
-	check(err)
+	benchutil.Check(err)
 	io.Copy(io.Discard, d.conn) // the reply, then EOF when it exits
 	d.conn.Close()
 	if err := d.cmd.Wait(); err != nil {
@@ -128,29 +128,4 @@ func (d *daemon) kill() {
 		d.cmd.Process.Kill()
 		d.cmd.Wait()
 	}
-}
-
-// cpuSeconds is the user+system CPU time of a process so far.
-func cpuSeconds(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	check(err)
-	s := string(b)
-	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	ut, _ := strconv.ParseFloat(fields[11], 64)
-	st, _ := strconv.ParseFloat(fields[12], 64)
-	return (ut + st) / 100 // USER_HZ
-}
-
-// peakRSS is a process's peak resident set size so far (VmHWM), in MiB.
-func peakRSS(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	check(err)
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-			check(err)
-			return kb / 1024
-		}
-	}
-	panic("no VmHWM in /proc/" + strconv.Itoa(pid) + "/status")
 }

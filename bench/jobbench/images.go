@@ -2,15 +2,15 @@ package main
 
 import (
 	"encoding/json"
-	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/blockd/blockd/bench/internal/benchutil"
 )
 
 // makeImages builds every image a case starts from in dir and returns
@@ -34,7 +34,7 @@ func makeSparse(dir string, size int64) {
 	}
 	raw := filepath.Join(dir, "sparse.raw")
 	writeSparse(raw, size, regions, 9)
-	mustRun("qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, filepath.Join(dir, "sparse.qcow2"))
+	benchutil.MustRun("qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, filepath.Join(dir, "sparse.qcow2"))
 	os.Remove(raw)
 }
 
@@ -53,9 +53,9 @@ func makeSparse(dir string, size int64) {
 // offsets come from fixed seeds: every run copies the same chain.
 func makeChain(dir string) int64 {
 	raw := filepath.Join(dir, "base.raw")
-	mustRun("qemu-img", "create", "-q", "-f", "raw", raw, *sizeFlag)
+	benchutil.MustRun("qemu-img", "create", "-q", "-f", "raw", raw, *sizeFlag)
 	st, err := os.Stat(raw)
-	check(err)
+	benchutil.Check(err)
 	size := st.Size()
 	os.Remove(raw)
 	u := size / 16 // 64M of a 1G disk
@@ -80,11 +80,11 @@ func makeChain(dir string) int64 {
 		raw := filepath.Join(dir, l.name+".raw")
 		writeSparse(raw, size, l.regions, uint64(seed))
 		img := filepath.Join(dir, l.name+".qcow2")
-		mustRun("qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, img)
+		benchutil.MustRun("qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, img)
 		os.Remove(raw)
 		if l.backing != "" {
 			// Relative names: a copy of the directory is a chain of its own.
-			mustRun("qemu-img", "rebase", "-q", "-u", "-f", "qcow2", "-F", "qcow2", "-b", l.backing+".qcow2", img)
+			benchutil.MustRun("qemu-img", "rebase", "-q", "-u", "-f", "qcow2", "-F", "qcow2", "-b", l.backing+".qcow2", img)
 		}
 	}
 	return size
@@ -96,8 +96,8 @@ type region struct{ off, n int64 }
 // seeded generator in the regions and holes elsewhere.
 func writeSparse(path string, size int64, regions []region, seed uint64) {
 	f, err := os.Create(path)
-	check(err)
-	check(f.Truncate(size))
+	benchutil.Check(err)
+	benchutil.Check(f.Truncate(size))
 	var key [32]byte
 	key[0] = byte(seed)
 	gen := rand.NewChaCha8(key)
@@ -107,10 +107,10 @@ func writeSparse(path string, size int64, regions []region, seed uint64) {
 			b := buf[:min(int64(len(buf)), r.n-done)]
 			gen.Read(b)
 			_, err := f.WriteAt(b, r.off+done)
-			check(err)
+			benchutil.Check(err)
 		}
 	}
-	check(f.Close())
+	benchutil.Check(f.Close())
 }
 
 // allocated is how many bytes of img's chain are allocated at depths
@@ -118,7 +118,7 @@ func writeSparse(path string, size int64, regions []region, seed uint64) {
 // images copies into img.
 func allocated(img string, lo, hi int) int64 {
 	out, err := exec.Command("qemu-img", "map", "--output=json", img).Output()
-	check(err)
+	benchutil.Check(err)
 	var m []struct {
 		Length  int64 `json:"length"`
 		Depth   int   `json:"depth"`
@@ -126,7 +126,7 @@ func allocated(img string, lo, hi int) int64 {
 		Data    bool  `json:"data"`
 		Zero    bool  `json:"zero"`
 	}
-	check(json.Unmarshal(out, &m))
+	benchutil.Check(json.Unmarshal(out, &m))
 	var n int64
 	for _, e := range m {
 		present := e.Data || e.Zero
@@ -153,8 +153,8 @@ func faultIn(n int64) {
 	}
 	b, err := syscall.Mmap(-1, 0, int(n), syscall.PROT_READ|syscall.PROT_WRITE,
 		syscall.MAP_ANON|syscall.MAP_PRIVATE|syscall.MAP_POPULATE)
-	check(err)
-	check(syscall.Munmap(b))
+	benchutil.Check(err)
+	benchutil.Check(syscall.Munmap(b))
 }
 
 // parseSize reads a size with an optional K, M, G or T suffix (powers
@@ -166,28 +166,8 @@ func parseSize(s string) int64 {
 		s = s[:i]
 	}
 	v, err := strconv.ParseInt(s, 10, 64)
-	check(err)
+	benchutil.Check(err)
 	return v * mult
 }
 
 func mib(n int64) float64 { return float64(n) / (1 << 20) }
-
-func median(v []float64) float64 {
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	return s[len(s)/2]
-}
-
-func mustRun(name string, args ...string) {
-	cmd := exec.Command(name, args...)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Run(); err != nil {
-		panic(fmt.Sprintf("%s %v: %v", name, args, err))
-	}
-}
-
-func check(err error) {
-	if err != nil {
-		panic(err)
-	}
-}

@@ -31,6 +31,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/blockd/blockd/bench/internal/benchutil"
 )
 
 var (
@@ -55,10 +57,10 @@ func main() {
 		os.Exit(2)
 	}
 	dir, err := os.MkdirTemp("", "jobbench")
-	check(err)
+	benchutil.Check(err)
 	defer os.RemoveAll(dir)
 	orig := filepath.Join(dir, "orig")
-	check(os.Mkdir(orig, 0o755))
+	benchutil.Check(os.Mkdir(orig, 0o755))
 	fmt.Printf("preparing %s qcow2 images with seeded random data...\n", *sizeFlag)
 	size := makeImages(orig)
 	warm := parseSize(*prefault)
@@ -118,7 +120,7 @@ func report(selected []jobCase, copied []int64, res map[string][]*result) {
 		fmt.Printf("\ncase %s (%s): %.0f MiB copied\n", c.name, c.about, mib(copied[i]))
 		fmt.Printf("%-44s %10s %10s %8s\n", "measure", "blockd", "qsd", "ratio")
 		row := func(name string, bv, qv []float64) {
-			mb, mq := median(bv), median(qv)
+			mb, mq := benchutil.Median(bv), benchutil.Median(qv)
 			fmt.Printf("%-44s %10.2f %10.2f %8.2f\n", name, mb, mq, mb/mq)
 		}
 		row(fmt.Sprintf("%s to %s, s (lower)", c.command, c.until), b.secs, q.secs)

@@ -15,10 +15,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/blockd/blockd/bench/internal/benchutil"
 )
 
 var (
@@ -38,16 +38,16 @@ type daemon struct {
 func main() {
 	flag.Parse()
 	dir, err := os.MkdirTemp("", "nbdbench")
-	check(err)
+	benchutil.Check(err)
 	defer os.RemoveAll(dir)
 	img := filepath.Join(dir, "disk.img")
 	fmt.Printf("preparing a %s %s image with random data...\n", *sizeFlag, *format)
-	mustRun("qemu-img", "create", "-q", "-f", *format, img, *sizeFlag)
+	benchutil.MustRun("qemu-img", "create", "-q", "-f", *format, img, *sizeFlag)
 	size := imageSize(img)
 	// Random data, fully allocated, so every read touches real data.
-	mustRun("qemu-img", "convert", "-n", "-f", "raw", "-O", *format, randomSource(dir, size), img)
+	benchutil.MustRun("qemu-img", "convert", "-n", "-f", "raw", "-O", *format, randomSource(dir, size), img)
 	// Warm the page cache so both daemons read from memory.
-	mustRun("cat", img)
+	benchutil.MustRun("cat", img)
 
 	type result struct{ seq, seqCPU, conv, convCPU, iops, randCPUPerGiB []float64 }
 	res := map[string]*result{"blockd": {}, "qsd": {}}
@@ -57,25 +57,25 @@ func main() {
 			uri := "nbd+unix:///disk?socket=" + d.sock
 			x := res[name]
 
-			cpu0 := cpuSeconds(d.cmd.Process.Pid)
+			cpu0 := benchutil.CPUSeconds(d.cmd.Process.Pid)
 			t0 := time.Now()
-			mustRun("nbdcopy", uri, "null:")
+			benchutil.MustRun("nbdcopy", uri, "null:")
 			el := time.Since(t0).Seconds()
 			x.seq = append(x.seq, float64(size)/el/(1<<20))
-			x.seqCPU = append(x.seqCPU, cpuSeconds(d.cmd.Process.Pid)-cpu0)
+			x.seqCPU = append(x.seqCPU, benchutil.CPUSeconds(d.cmd.Process.Pid)-cpu0)
 
 			out := filepath.Join(dir, "out.raw")
-			cpu0 = cpuSeconds(d.cmd.Process.Pid)
+			cpu0 = benchutil.CPUSeconds(d.cmd.Process.Pid)
 			t0 = time.Now()
-			mustRun("qemu-img", "convert", "-f", "raw", "-O", "raw", uri, out)
+			benchutil.MustRun("qemu-img", "convert", "-f", "raw", "-O", "raw", uri, out)
 			el = time.Since(t0).Seconds()
 			x.conv = append(x.conv, float64(size)/el/(1<<20))
-			x.convCPU = append(x.convCPU, cpuSeconds(d.cmd.Process.Pid)-cpu0)
+			x.convCPU = append(x.convCPU, benchutil.CPUSeconds(d.cmd.Process.Pid)-cpu0)
 			os.Remove(out)
 
-			cpu0 = cpuSeconds(d.cmd.Process.Pid)
+			cpu0 = benchutil.CPUSeconds(d.cmd.Process.Pid)
 			iops, bytes := fioRandRead(uri)
-			cpu := cpuSeconds(d.cmd.Process.Pid) - cpu0
+			cpu := benchutil.CPUSeconds(d.cmd.Process.Pid) - cpu0
 			x.iops = append(x.iops, iops)
 			x.randCPUPerGiB = append(x.randCPUPerGiB, cpu/(float64(bytes)/(1<<30)))
 			d.stop()
@@ -86,7 +86,7 @@ func main() {
 	fmt.Printf("\n%s image of %s, medians of %d rounds (higher is better unless noted)\n", *format, *sizeFlag, *rounds)
 	fmt.Printf("%-40s %12s %12s %8s\n", "measure", "blockd", "qsd", "ratio")
 	row := func(name string, bv, qv []float64) {
-		mb, mq := median(bv), median(qv)
+		mb, mq := benchutil.Median(bv), benchutil.Median(qv)
 		fmt.Printf("%-40s %12.2f %12.2f %8.2f\n", name, mb, mq, mb/mq)
 	}
 	row("nbdcopy sequential read (MiB/s)", b.seq, q.seq)
@@ -101,15 +101,15 @@ func main() {
 func randomSource(dir string, size int64) string {
 	src := filepath.Join(dir, "random.raw")
 	f, err := os.Create(src)
-	check(err)
+	benchutil.Check(err)
 	r, err := os.Open("/dev/urandom")
-	check(err)
+	benchutil.Check(err)
 	buf := make([]byte, 1<<20)
 	for done := int64(0); done < size; done += int64(len(buf)) {
 		_, err := r.Read(buf)
-		check(err)
+		benchutil.Check(err)
 		_, err = f.Write(buf[:min(int64(len(buf)), size-done)])
-		check(err)
+		benchutil.Check(err)
 	}
 	f.Close()
 	r.Close()
@@ -130,7 +130,7 @@ func startDaemon(name, dir, img string) *daemon {
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stderr = os.Stderr
-	check(cmd.Start())
+	benchutil.Check(cmd.Start())
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if c, err := net.Dial("unix", sock); err == nil {
@@ -150,21 +150,10 @@ func (d *daemon) stop() {
 	d.cmd.Wait()
 }
 
-// cpuSeconds is the user+system CPU time of a process so far.
-func cpuSeconds(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	check(err)
-	s := string(b)
-	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	ut, _ := strconv.ParseFloat(fields[11], 64)
-	st, _ := strconv.ParseFloat(fields[12], 64)
-	return (ut + st) / 100 // USER_HZ
-}
-
 func fioRandRead(uri string) (iops float64, bytes int64) {
 	out, err := exec.Command("fio", "--name=rr", "--ioengine=nbd", "--uri="+uri, "--rw=randread", "--bs=4k",
 		"--iodepth=16", "--time_based", fmt.Sprintf("--runtime=%d", *fioSeconds), "--output-format=json").Output()
-	check(err)
+	benchutil.Check(err)
 	var r struct {
 		Jobs []struct {
 			Read struct {
@@ -173,36 +162,16 @@ func fioRandRead(uri string) (iops float64, bytes int64) {
 			} `json:"read"`
 		} `json:"jobs"`
 	}
-	check(json.Unmarshal(out[strings.IndexByte(string(out), '{'):], &r))
+	benchutil.Check(json.Unmarshal(out[strings.IndexByte(string(out), '{'):], &r))
 	return r.Jobs[0].Read.IOPS, r.Jobs[0].Read.IOBytes
 }
 
 func imageSize(img string) int64 {
 	out, err := exec.Command("qemu-img", "info", "--output=json", img).Output()
-	check(err)
+	benchutil.Check(err)
 	var v struct {
 		Size int64 `json:"virtual-size"`
 	}
-	check(json.Unmarshal(out, &v))
+	benchutil.Check(json.Unmarshal(out, &v))
 	return v.Size
-}
-
-func median(v []float64) float64 {
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	return s[len(s)/2]
-}
-
-func mustRun(name string, args ...string) {
-	cmd := exec.Command(name, args...)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Run(); err != nil {
-		panic(fmt.Sprintf("%s %v: %v", name, args, err))
-	}
-}
-
-func check(err error) {
-	if err != nil {
-		panic(err)
-	}
 }

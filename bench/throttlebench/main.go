@@ -16,6 +16,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/blockd/blockd/bench/internal/benchutil"
 )
 
 var (
@@ -34,7 +36,7 @@ type limit struct {
 func main() {
 	flag.Parse()
 	dir, err := os.MkdirTemp("", "throttlebench")
-	check(err)
+	benchutil.Check(err)
 	defer os.RemoveAll(dir)
 	cases := []limit{
 		{"iops-total=2000, 4k randread", "limits.iops-total=2000", "randread", "4k", 2000, "IOPS"},
@@ -69,7 +71,7 @@ func measure(daemon, dir string, c limit) float64 {
 		"--nbd-server", "addr.type=unix,addr.path="+sock,
 		"--export", "type=nbd,id=e0,node-name=t,writable=on")...)
 	cmd.Stderr = os.Stderr
-	check(cmd.Start())
+	benchutil.Check(cmd.Start())
 	defer func() { cmd.Process.Signal(os.Interrupt); cmd.Wait() }()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		if c, err := net.Dial("unix", sock); err == nil {
@@ -83,7 +85,7 @@ func measure(daemon, dir string, c limit) float64 {
 	out, err := exec.Command("fio", "--name=t", "--ioengine=nbd", "--uri=nbd+unix:///t?socket="+sock,
 		"--rw="+c.rw, "--bs="+c.bs, "--iodepth=16", "--time_based", fmt.Sprintf("--runtime=%d", *seconds),
 		"--ramp_time=1", "--output-format=json").Output()
-	check(err)
+	benchutil.Check(err)
 	var r struct {
 		Jobs []struct {
 			Read, Write struct {
@@ -92,16 +94,10 @@ func measure(daemon, dir string, c limit) float64 {
 			}
 		} `json:"jobs"`
 	}
-	check(json.Unmarshal(out[strings.IndexByte(string(out), '{'):], &r))
+	benchutil.Check(json.Unmarshal(out[strings.IndexByte(string(out), '{'):], &r))
 	j := r.Jobs[0]
 	if c.unit == "MiB/s" {
 		return (j.Read.BW + j.Write.BW) / (1 << 20)
 	}
 	return j.Read.IOPS + j.Write.IOPS
-}
-
-func check(err error) {
-	if err != nil {
-		panic(err)
-	}
 }
