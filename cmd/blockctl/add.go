@@ -13,10 +13,7 @@ import (
 
 	// blockd's --blockdev parser types each value by the driver's options,
 	// so the drivers it knows must be registered.
-	_ "github.com/blockd/blockd/pkg/filters/blkdebug"
-	_ "github.com/blockd/blockd/pkg/filters/cor"
-	_ "github.com/blockd/blockd/pkg/filters/quorum"
-	_ "github.com/blockd/blockd/pkg/filters/throttle"
+	_ "github.com/blockd/blockd/pkg/filters"
 	_ "github.com/blockd/blockd/pkg/formats/file"
 	_ "github.com/blockd/blockd/pkg/formats/nullco"
 	_ "github.com/blockd/blockd/pkg/formats/qcow2"

@@ -23,10 +23,7 @@ import (
 	"github.com/blockd/blockd/pkg/qmp"
 
 	// The drivers register themselves.
-	_ "github.com/blockd/blockd/pkg/filters/blkdebug"
-	_ "github.com/blockd/blockd/pkg/filters/cor"
-	_ "github.com/blockd/blockd/pkg/filters/quorum"
-	_ "github.com/blockd/blockd/pkg/filters/throttle"
+	_ "github.com/blockd/blockd/pkg/filters"
 	_ "github.com/blockd/blockd/pkg/formats/file"
 	_ "github.com/blockd/blockd/pkg/formats/nullco"
 	_ "github.com/blockd/blockd/pkg/formats/qcow2"
