@@ -49,7 +49,7 @@ func (s *Server) xBlockdevSetIOThread(ctx context.Context, a *setIOThreadArgs) (
 		// compat(qsd-7.2): a node with a BlockBackend (an export's or a
 		// job's root) could be in use.
 		for _, c := range n.Parents() {
-			if kind, _ := c.Parent().ParentInfo(); kind != "block-driver" {
+			if c.ParentNode() == nil {
 				return empty{}, qmp.Errorf("Node %s is associated with a BlockBackend and could be in use (use force=true to override this check)", a.NodeName)
 			}
 		}
