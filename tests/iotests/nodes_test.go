@@ -67,6 +67,7 @@ type nodeInfo struct {
 	Image            map[string]any `json:"image"`
 	Cache            map[string]any `json:"cache"`
 	DetectZeroes     string         `json:"detect_zeroes"`
+	WriteThreshold   int64          `json:"write_threshold"`
 }
 
 func namedNodes(d *Daemon, flat bool) map[string]nodeInfo {

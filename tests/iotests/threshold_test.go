@@ -1,7 +1,6 @@
 package iotests
 
 import (
-	"encoding/json"
 	"testing"
 	"time"
 )
@@ -9,19 +8,11 @@ import (
 // writeThreshold is a node's write_threshold in query-named-block-nodes.
 func writeThreshold(t *testing.T, d *Daemon, node string) int64 {
 	t.Helper()
-	var list []map[string]json.RawMessage
-	d.CmdInto("query-named-block-nodes", map[string]any{"flat": true}, &list)
-	for _, n := range list {
-		var name string
-		json.Unmarshal(n["node-name"], &name)
-		if name == node {
-			var v int64
-			json.Unmarshal(n["write_threshold"], &v)
-			return v
-		}
+	n, ok := namedNodes(d, true)[node]
+	if !ok {
+		t.Fatalf("no node %s", node)
 	}
-	t.Fatalf("no node %s", node)
-	return 0
+	return n.WriteThreshold
 }
 
 // TestWriteThreshold: block-set-write-threshold arms BLOCK_WRITE_THRESHOLD
@@ -80,12 +71,8 @@ func TestWriteThreshold(t *testing.T) {
 	// compat(qsd-7.2): a negative threshold is taken as the uint64 it
 	// wraps to, which no write reaches; queries show it as an int again.
 	d.Cmd("block-set-write-threshold", map[string]any{"node-name": "disk", "write-threshold": -1})
-	var nodes []map[string]any
-	d.CmdInto("query-named-block-nodes", map[string]any{"flat": true}, &nodes)
-	for _, n := range nodes {
-		if n["node-name"] == "disk" && n["write_threshold"] != float64(-1) {
-			t.Errorf("write_threshold after -1: %v", n["write_threshold"])
-		}
+	if got := writeThreshold(t, d, "disk"); got != -1 {
+		t.Errorf("write_threshold after -1: %v", got)
 	}
 	if ev := eventsNamed(d.History(), "BLOCK_WRITE_THRESHOLD"); len(ev) != 0 {
 		t.Errorf("events with the threshold disarmed: %v", ev)
