@@ -76,6 +76,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	}
 	c.log = s.log.WithField("remote", remote)
 	c.budget.init(s.opts.MaxBufferBytes)
+	growSendBuffer(nc)
 	return c
 }
 
