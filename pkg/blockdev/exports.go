@@ -403,6 +403,17 @@ func (b *nodeBackend) ReadAt(ctx context.Context, p []byte, off int64) error {
 	return b.root.ReadAt(ctx, p, off, 0)
 }
 
+// ReadToPipe implements nbd.PipeReader through block.Splicer: where the
+// chain under the export can splice (raw over file), large read replies
+// leave without a copy.
+func (b *nodeBackend) ReadToPipe(ctx context.Context, pipe int, off int64, n int) (int, error) {
+	k, err := b.root.SpliceRead(ctx, pipe, off, n)
+	if errors.Is(err, block.ErrNoSplice) {
+		return k, fmt.Errorf("%w: %w", nbd.ErrNotSupported, err)
+	}
+	return k, err
+}
+
 func (b *nodeBackend) flags(fua bool) block.Flags {
 	if fua || b.writethrough {
 		return block.FlagFUA

@@ -39,6 +39,19 @@ type Backend interface {
 	BlockStatus(ctx context.Context, off, n int64) ([]Extent, error)
 }
 
+// A PipeReader is a Backend that can move a range of the export into a
+// pipe without copying it through memory (splice(2) from the page cache).
+// The server then sends large read replies from the pipe, and the
+// payload never passes through its buffers.
+type PipeReader interface {
+	// ReadToPipe moves exactly n bytes at off into the pipe whose write
+	// end is the file descriptor pipe; the pipe has room for them. It
+	// returns how many bytes it moved. On an error or a short count the
+	// server discards the pipe and reads the range with ReadAt, which
+	// reports any error to the client.
+	ReadToPipe(ctx context.Context, pipe int, off int64, n int) (int, error)
+}
+
 // Extent is one run of the block status answer.
 type Extent struct {
 	Length int64

@@ -41,9 +41,10 @@
 //   - a reader goroutine that parses request headers and WRITE payloads.
 //     Before it reads a WRITE payload or hands on a READ, it takes that
 //     many bytes from the connection's buffer budget
-//     (ServerOptions.MaxBufferBytes, 64 MiB by default) and a pooled buffer
-//     of the next power-of-two size; when the budget is spent it stops
-//     reading, so a client cannot make the server allocate without bound.
+//     (ServerOptions.MaxBufferBytes, 64 MiB by default) and, for a WRITE, a
+//     pooled buffer of the next power-of-two size; when the budget is spent
+//     it stops reading, so a client cannot make the server allocate without
+//     bound.
 //   - ServerOptions.Workers worker goroutines (16 by default) that validate
 //     requests and run them on the backend, so that many requests are in
 //     flight and complete in any order.
@@ -54,6 +55,15 @@
 //     lock writes the batch, so replies that complete together share one
 //     write; a large READ payload goes out with writev together with the
 //     bytes in front of it. The buffer and the budget are returned then.
+//   - for READs of 64 KiB and more from a backend that is a PipeReader
+//     (raw over a file in blockd), the worker assembles the whole reply
+//     in a pipe instead of a buffer (headers written, data spliced in
+//     from the page cache) and the writer splices the pipe into the
+//     socket: the payload is never copied by the server. Anything that
+//     stops the splice (a filter in the chain, O_DIRECT, a short file, a
+//     reply too big for the pipe) sends the request down the buffer path.
+//     UNIX connections get a 4 MiB send buffer, so a large reply goes
+//     out in one call rather than in pieces with waits between them.
 //     (A writer goroutine fed by a channel would cost one more goroutine
 //     hand-off per request; the lock keeps the same serialisation.)
 //

@@ -55,6 +55,7 @@ type conn struct {
 	// Transmission phase.
 	reqs     chan *request // reader -> workers
 	budget   budget
+	pipes    pipePool     // pipes for spliced READ replies
 	replying atomic.Int32 // workers with a reply to send
 	wmu      sync.Mutex   // serialises replies
 	out      []byte       // guarded by wmu: batch of reply bytes

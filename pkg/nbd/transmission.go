@@ -20,13 +20,18 @@ type request struct {
 	typ    uint16
 	flags  uint16
 
-	buf  *buffer // WRITE payload or READ data
+	buf  *buffer // WRITE payload or READ data (buffer path)
 	cost int64   // budget bytes held
+
+	pipe      *pipe // READ reply assembled in a pipe (splice path)
+	piped     int   // bytes in pipe
+	pipeEmpty bool  // pipe was sent in full and can be reused
 
 	// Result.
 	errno syscall.Errno
 	err   error    // cause, for the message of a structured error
 	spans []span   // sparse READ: the reply's content chunks, in order
+	parts []span   // READ: the data parts to read (scratch)
 	bs    []byte   // BLOCK_STATUS: encoded chunk payloads
 	bsEnd [2]int   // end of each chunk payload in bs
 	nbs   int      // number of block status chunks
@@ -52,6 +57,7 @@ func (r *request) reset() {
 	r.errno = 0
 	r.err = nil
 	r.spans = r.spans[:0]
+	r.parts = r.parts[:0]
 	r.bs = r.bs[:0]
 	r.nbs = 0
 	r.exts = r.exts[:0]
@@ -63,6 +69,8 @@ func (c *conn) transmit() error {
 	n := c.srv.opts.Workers
 	c.reqs = make(chan *request, n)
 	c.out = make([]byte, 0, 64<<10)
+	c.pipes.init(c.nc, n)
+	defer c.pipes.closeAll()
 
 	var workers sync.WaitGroup
 	workers.Add(n)
@@ -140,8 +148,7 @@ func (c *conn) readLoop() error {
 				requestPool.Put(r)
 				return err
 			}
-			r.cost = int64(r.length)
-			r.buf = getBuffer(int(r.length))
+			r.cost = int64(r.length) // the buffer or pipe is taken by execute
 		}
 		c.reqs <- r
 	}
@@ -152,6 +159,10 @@ func (c *conn) release(r *request) {
 	if r.buf != nil {
 		putBuffer(r.buf)
 		r.buf = nil
+	}
+	if r.pipe != nil {
+		c.pipes.put(r.pipe, r.pipeEmpty)
+		r.pipe, r.piped, r.pipeEmpty = nil, 0, false
 	}
 	c.budget.release(r.cost)
 	r.cost = 0
@@ -165,6 +176,9 @@ func (c *conn) release(r *request) {
 	}
 	if cap(r.spans) > 1024 {
 		r.spans = nil
+	}
+	if cap(r.parts) > 1024 {
+		r.parts = nil
 	}
 	requestPool.Put(r)
 }
@@ -259,13 +273,8 @@ func (c *conn) execute(r *request) {
 	fua := r.flags&cmdFlagFUA != 0
 	switch r.typ {
 	case cmdRead:
-		if n == 0 {
-			return
-		}
-		if c.structured && r.flags&cmdFlagDF == 0 && e.opts.SparseReadMin > 0 && n >= int64(e.opts.SparseReadMin) {
-			err = c.readSparse(ctx, b, r)
-		} else {
-			err = b.ReadAt(ctx, r.buf.b[:n], off)
+		if n > 0 {
+			err = c.read(ctx, b, r)
 		}
 	case cmdWrite:
 		if n > 0 {
@@ -321,9 +330,44 @@ func (c *conn) writeZeroes(ctx context.Context, b Backend, off, n int64, flags u
 	return nil
 }
 
-// readSparse reads the data parts of [off, off+length) and records the
-// parts that read as zeroes as holes, which are sent as hole chunks.
-func (c *conn) readSparse(ctx context.Context, b Backend, r *request) error {
+// read answers a READ: a structured read large enough is checked for
+// holes first (sent as hole chunks); the data parts are then spliced
+// into a pipe when the backend can (see splice_linux.go) or read into a
+// buffer.
+func (c *conn) read(ctx context.Context, b Backend, r *request) error {
+	e := c.exp
+	if c.structured && r.flags&cmdFlagDF == 0 && e.opts.SparseReadMin > 0 && r.length >= uint32(e.opts.SparseReadMin) {
+		if err := c.findHoles(ctx, b, r); err != nil {
+			return err
+		}
+	}
+	parts := r.parts[:0]
+	if len(r.spans) == 0 {
+		parts = append(parts, span{n: int64(r.length)})
+	}
+	for _, s := range r.spans {
+		if !s.hole {
+			parts = append(parts, s)
+		}
+	}
+	r.parts = parts
+	if c.spliceRead(ctx, b, r, parts) {
+		return nil
+	}
+	r.buf = getBuffer(int(r.length))
+	for _, s := range parts {
+		if err := b.ReadAt(ctx, r.buf.b[s.off:s.off+s.n], int64(r.off)+s.off); err != nil {
+			r.spans = r.spans[:0]
+			return err
+		}
+	}
+	return nil
+}
+
+// findHoles records in r.spans the parts of the read that are data and
+// those that read as zeroes; it leaves r.spans empty when the whole
+// range is data (one chunk, as without sparse reads).
+func (c *conn) findHoles(ctx context.Context, b Backend, r *request) error {
 	off, n := int64(r.off), int64(r.length)
 	spans := r.spans[:0]
 	add := func(pos, l int64, hole bool) {
@@ -362,16 +406,7 @@ func (c *conn) readSparse(ctx context.Context, b Backend, r *request) error {
 	}
 	r.spans = spans
 	if len(spans) == 1 && !spans[0].hole {
-		r.spans = spans[:0] // plain data: one chunk, as without sparse reads
-	}
-	for _, s := range spans {
-		if s.hole {
-			continue
-		}
-		if err := b.ReadAt(ctx, r.buf.b[s.off:s.off+s.n], off+s.off); err != nil {
-			r.spans = spans[:0]
-			return err
-		}
+		r.spans = spans[:0]
 	}
 	return nil
 }
@@ -523,18 +558,26 @@ func (c *conn) payload(p []byte) {
 	}
 }
 
+func appendSimpleReply(b []byte, handle uint64, errno syscall.Errno) []byte {
+	b = be.AppendUint32(b, magicSimple)
+	b = be.AppendUint32(b, uint32(errno))
+	return be.AppendUint64(b, handle)
+}
+
+func appendChunkHeader(b []byte, handle uint64, flags, typ uint16, length uint32) []byte {
+	b = be.AppendUint32(b, magicStructured)
+	b = be.AppendUint16(b, flags)
+	b = be.AppendUint16(b, typ)
+	b = be.AppendUint64(b, handle)
+	return be.AppendUint32(b, length)
+}
+
 func (c *conn) simpleReply(r *request, errno syscall.Errno) {
-	c.out = be.AppendUint32(c.out, magicSimple)
-	c.out = be.AppendUint32(c.out, uint32(errno))
-	c.out = be.AppendUint64(c.out, r.handle)
+	c.out = appendSimpleReply(c.out, r.handle, errno)
 }
 
 func (c *conn) chunkHeader(r *request, flags, typ uint16, length uint32) {
-	c.out = be.AppendUint32(c.out, magicStructured)
-	c.out = be.AppendUint16(c.out, flags)
-	c.out = be.AppendUint16(c.out, typ)
-	c.out = be.AppendUint64(c.out, r.handle)
-	c.out = be.AppendUint32(c.out, length)
+	c.out = appendChunkHeader(c.out, r.handle, flags, typ, length)
 }
 
 func (c *conn) errorChunk(r *request) {
@@ -561,13 +604,23 @@ func (c *conn) writeReply(r *request) {
 		c.errorChunk(r)
 	case r.errno != 0:
 		c.simpleReply(r, r.errno)
-	case r.typ == cmdRead && c.structured:
-		c.structuredRead(r)
-	case r.typ == cmdRead:
-		c.simpleReply(r, 0)
-		if r.length > 0 {
-			c.payload(r.buf.b[:r.length])
+	case r.pipe != nil:
+		c.flush() // replies batched before this one go first
+		if c.werr == nil {
+			if err := c.sendPipe(r); err != nil {
+				c.writeFailed(err)
+			}
 		}
+	case r.typ == cmdRead && c.structured && r.length == 0:
+		c.chunkHeader(r, replyFlagDone, chunkNone, 0)
+	case r.typ == cmdRead:
+		c.eachChunk(r, func(hdr []byte, s span, data bool) error {
+			c.out = append(c.out, hdr...)
+			if data && s.n > 0 {
+				c.payload(r.buf.b[s.off : s.off+s.n])
+			}
+			return nil
+		})
 	case r.typ == cmdBlockStatus:
 		start := 0
 		for i := 0; i < r.nbs; i++ {
@@ -588,30 +641,37 @@ func (c *conn) writeReply(r *request) {
 	}
 }
 
-func (c *conn) structuredRead(r *request) {
-	if r.length == 0 {
-		c.chunkHeader(r, replyFlagDone, chunkNone, 0)
-		return
+// eachChunk walks the reply of a successful READ of nonzero length: for
+// each chunk, the bytes in front of its data (the simple reply header, or
+// a structured chunk header with its offset, or a whole hole chunk) and
+// the data part it carries, if any. The buffer and the pipe paths both
+// send replies through it, so their bytes are the same.
+func (c *conn) eachChunk(r *request, fn func(hdr []byte, s span, data bool) error) error {
+	var h [32]byte
+	if !c.structured {
+		return fn(appendSimpleReply(h[:0], r.handle, 0), span{n: int64(r.length)}, true)
 	}
 	if len(r.spans) == 0 {
-		c.chunkHeader(r, replyFlagDone, chunkOffsetData, 8+r.length)
-		c.out = be.AppendUint64(c.out, r.off)
-		c.payload(r.buf.b[:r.length])
-		return
+		hdr := appendChunkHeader(h[:0], r.handle, replyFlagDone, chunkOffsetData, 8+r.length)
+		return fn(be.AppendUint64(hdr, r.off), span{n: int64(r.length)}, true)
 	}
 	for i, s := range r.spans {
 		var flags uint16
 		if i == len(r.spans)-1 {
 			flags = replyFlagDone
 		}
+		var hdr []byte
 		if s.hole {
-			c.chunkHeader(r, flags, chunkOffsetHole, 12)
-			c.out = be.AppendUint64(c.out, r.off+uint64(s.off))
-			c.out = be.AppendUint32(c.out, uint32(s.n))
-			continue
+			hdr = appendChunkHeader(h[:0], r.handle, flags, chunkOffsetHole, 12)
+			hdr = be.AppendUint64(hdr, r.off+uint64(s.off))
+			hdr = be.AppendUint32(hdr, uint32(s.n))
+		} else {
+			hdr = appendChunkHeader(h[:0], r.handle, flags, chunkOffsetData, uint32(8+s.n))
+			hdr = be.AppendUint64(hdr, r.off+uint64(s.off))
 		}
-		c.chunkHeader(r, flags, chunkOffsetData, uint32(8+s.n))
-		c.out = be.AppendUint64(c.out, r.off+uint64(s.off))
-		c.payload(r.buf.b[s.off : s.off+s.n])
+		if err := fn(hdr, s, !s.hole); err != nil {
+			return err
+		}
 	}
+	return nil
 }

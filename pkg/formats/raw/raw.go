@@ -82,6 +82,12 @@ func (d *raw) ReadAt(ctx context.Context, p []byte, off int64, f block.Flags) er
 	return d.file.ReadAt(ctx, p, off+d.offset, f)
 }
 
+// SpliceRead implements block.Splicer: the bytes are the file's, shifted.
+func (d *raw) SpliceRead(ctx context.Context, pipe int, off int64, n int) (int, error) {
+	block.DebugEvent(d.file, block.DebugReadAIO)
+	return d.file.SpliceRead(ctx, pipe, off+d.offset, n)
+}
+
 func (d *raw) WriteAt(ctx context.Context, p []byte, off int64, f block.Flags) error {
 	block.DebugEvent(d.file, block.DebugWriteAIO)
 	return d.file.WriteAt(ctx, p, off+d.offset, f)

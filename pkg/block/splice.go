@@ -1,0 +1,80 @@
+package block
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// A Splicer is a driver that can move a range of its data into a pipe
+// without copying it through user memory: the file driver splices its
+// page cache pages, raw passes the range on to its file. A server that
+// sends the pipe on to a socket (the NBD export) then moves a read reply
+// with no copy in blockd at all, where ReadAt costs two (into a buffer,
+// out of it into the socket).
+//
+// Only drivers whose data is the plain bytes of their child implement it:
+// a filter that must see reads (throttle, copy-on-read, blkdebug) does
+// not, and a read through it takes the ReadAt path as before.
+type Splicer interface {
+	// SpliceRead moves exactly n bytes at off into the pipe whose write
+	// end is the file descriptor pipe, and returns how many it moved.
+	// A short count or an error leaves the pipe holding the bytes moved;
+	// the caller discards them and reads with ReadAt. ErrNoSplice says
+	// the range cannot be spliced, with nothing moved.
+	SpliceRead(ctx context.Context, pipe int, off int64, n int) (int, error)
+}
+
+// ErrNoSplice is returned by SpliceRead when a range cannot be spliced
+// (a driver without the path, an unaligned or out-of-bounds range): the
+// caller reads it with ReadAt.
+var ErrNoSplice = errors.New("range cannot be spliced")
+
+// SpliceRead moves n bytes at off of the child's node into a pipe, as
+// Splicer says. The range must lie inside the node.
+func (c *Child) SpliceRead(ctx context.Context, pipe int, off int64, n int) (int, error) {
+	nd := c.Node()
+	s, ok := nd.impl.(Splicer)
+	if !ok || n <= 0 {
+		return 0, ErrNoSplice
+	}
+	if err := checkRange(off, int64(n)); err != nil || off+int64(n) > nd.Size() {
+		// Past the end a node reads zeroes, which no file holds.
+		return 0, ErrNoSplice
+	}
+	l := nd.caps.Load().Limits
+	if a := l.RequestAlign; a > 1 && (off%a != 0 || int64(n)%a != 0) {
+		return 0, ErrNoSplice
+	}
+	if l.MaxTransfer > 0 && int64(n) > l.MaxTransfer {
+		return 0, ErrNoSplice
+	}
+	moved, err := s.SpliceRead(ctx, pipe, off, n)
+	switch {
+	case errors.Is(err, ErrNoSplice):
+		return 0, err
+	case err != nil || moved != n:
+		nd.Stats.FailedRd.Add(1)
+		return moved, err
+	}
+	nd.Stats.RdOps.Add(1)
+	nd.Stats.RdBytes.Add(int64(n))
+	return n, nil
+}
+
+// SpliceRead moves n bytes at off into a pipe through the root, as
+// Splicer says; ErrNoSplice when the chain below cannot.
+func (r *Root) SpliceRead(ctx context.Context, pipe int, off int64, n int) (int, error) {
+	if err := r.check(off, int64(n)); err != nil {
+		return 0, err
+	}
+	r.enter()
+	defer r.exit()
+	start := time.Now()
+	moved, err := r.child.SpliceRead(ctx, pipe, off, n)
+	if !errors.Is(err, ErrNoSplice) {
+		st := &r.child.Node().Stats
+		timed(&st.RdTimeNs, &st.RdLatency, start)
+	}
+	return moved, err
+}

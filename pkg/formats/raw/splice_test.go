@@ -1,0 +1,98 @@
+//go:build linux
+
+package raw_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/blockd/blockd/pkg/block"
+	"github.com/blockd/blockd/pkg/block/blocktest"
+	_ "github.com/blockd/blockd/pkg/formats/file"
+)
+
+// TestSpliceRead moves ranges of a raw node over a real file into a pipe
+// and checks the bytes, the window (offset) and the refusals that send a
+// reader back to ReadAt.
+func TestSpliceRead(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "disk.raw")
+	data := make([]byte, 1<<20)
+	for i := range data {
+		data[i] = byte(i*13 + i>>9)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	g := blocktest.NewGraph()
+	open := func(name, extra string) *block.Root {
+		n, err := blocktest.TryOpen(g, fmt.Sprintf(`{"driver":"raw","node-name":%q,%s"file":{"driver":"file","filename":%q}}`, name, extra, path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return blocktest.NewRoot(t, n, block.PermConsistentRead, block.PermAll)
+	}
+	whole := open("whole", "")
+	window := open("window", `"offset":4096,"size":524288,`)
+	// A filter that must see reads has no splice path.
+	filtered, err := blocktest.TryOpen(g, fmt.Sprintf(`{"driver":"raw","node-name":"filtered","file":{"driver":"blocktest-filter","file":{"driver":"file","filename":%q}}}`, path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	viaFilter := blocktest.NewRoot(t, filtered, block.PermConsistentRead, block.PermAll)
+
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	r, w := os.NewFile(uintptr(fds[0]), "r"), fds[1]
+	defer r.Close()
+	defer unix.Close(w)
+	if _, err := unix.FcntlInt(uintptr(w), unix.F_SETPIPE_SZ, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx := context.Background()
+	tests := []struct {
+		name    string
+		root    *block.Root
+		off     int64
+		n       int
+		want    []byte
+		wantErr error
+	}{
+		{"whole, unaligned", whole, 1000, 200 << 10, data[1000 : 1000+200<<10], nil},
+		{"window shifts by the offset", window, 0, 256 << 10, data[4096 : 4096+256<<10], nil},
+		{"window end", window, 512<<10 - 8192, 8192, data[4096+512<<10-8192 : 4096+512<<10], nil},
+		{"past the end", whole, 1<<20 - 4096, 8192, nil, block.ErrOutOfRange},
+		{"through a filter", viaFilter, 0, 4096, nil, block.ErrNoSplice},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			k, err := tc.root.SpliceRead(ctx, w, tc.off, tc.n)
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) || k != 0 {
+					t.Fatalf("moved %d, err %v; want %v", k, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || k != tc.n {
+				t.Fatalf("moved %d of %d: %v", k, tc.n, err)
+			}
+			got := make([]byte, k)
+			if _, err := io.ReadFull(r, got); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, tc.want) {
+				t.Fatal("pipe holds other bytes than the node")
+			}
+		})
+	}
+}
