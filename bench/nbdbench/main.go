@@ -1,10 +1,13 @@
-// Command nbdbench measures blockd's NBD exports against
-// qemu-storage-daemon's on the same image, in one run, alternating the two
-// daemons: sequential read with nbdcopy, qemu-img convert of the export,
-// and 4 KiB random reads at queue depth 16 with fio's nbd engine. For each
-// it prints both figures, the daemons' CPU time, and the ratio blockd/qsd.
+// Command nbdbench measures blockd's NBD exports against nbdkit's file
+// plugin (the NBD server the field measures itself against; raw images
+// only, since nbdkit serves no qcow2) and qemu-storage-daemon, on the same
+// image in one run, alternating the servers round by round: sequential
+// read with nbdcopy into null:, sequential write with nbdcopy from a
+// page-cached file, and 4 KiB random reads at queue depth 16 with fio's
+// nbd engine. For each it prints every server's median, the server's CPU
+// seconds per GiB moved, and blockd's ratio to each of the others.
 //
-//	go run ./bench/nbdbench [-size 1G] [-rounds 3] [-fio-seconds 10] [-blockd bin/blockd]
+//	go run ./bench/nbdbench [-size 1G] [-rounds 5] [-fio-seconds 10] [-format raw|qcow2] [-convert]
 package main
 
 import (
@@ -23,16 +26,35 @@ import (
 
 var (
 	sizeFlag   = flag.String("size", "1G", "image size")
-	rounds     = flag.Int("rounds", 3, "rounds per daemon (median reported)")
+	rounds     = flag.Int("rounds", 5, "rounds per server (median reported)")
 	fioSeconds = flag.Int("fio-seconds", 10, "seconds per fio run")
 	blockdBin  = flag.String("blockd", "bin/blockd", "blockd binary")
 	format     = flag.String("format", "raw", "image format (raw or qcow2)")
+	convert    = flag.Bool("convert", false, "also time qemu-img convert from the export (bound by qemu-img's own copy loop)")
 )
 
-type daemon struct {
+// A measure is one figure taken from every server each round.
+type measure struct {
+	name  string
+	unit  string
+	lower bool // lower is better
+}
+
+var measures = []measure{
+	{"nbdcopy sequential read", "MiB/s", false},
+	{"  server CPU s per GiB", "s", true},
+	{"nbdcopy sequential write", "MiB/s", false},
+	{"  server CPU s per GiB", "s", true},
+	{"fio 4k randread qd16", "IOPS", false},
+	{"  server CPU s per GiB", "s", true},
+	{"qemu-img convert from the export", "MiB/s", false},
+	{"  server CPU s per GiB", "s", true},
+}
+
+type server struct {
 	name string
 	cmd  *exec.Cmd
-	sock string
+	uri  string
 }
 
 func main() {
@@ -44,60 +66,84 @@ func main() {
 	fmt.Printf("preparing a %s %s image with random data...\n", *sizeFlag, *format)
 	benchutil.MustRun("qemu-img", "create", "-q", "-f", *format, img, *sizeFlag)
 	size := imageSize(img)
+	src := randomSource(dir, size)
 	// Random data, fully allocated, so every read touches real data.
-	benchutil.MustRun("qemu-img", "convert", "-n", "-f", "raw", "-O", *format, randomSource(dir, size), img)
-	// Warm the page cache so both daemons read from memory.
-	benchutil.MustRun("cat", img)
+	benchutil.MustRun("qemu-img", "convert", "-n", "-f", "raw", "-O", *format, src, img)
+	// Warm the page cache so every server reads from memory.
+	benchutil.MustRun("cat", img, src)
 
-	type result struct{ seq, seqCPU, conv, convCPU, iops, randCPUPerGiB []float64 }
-	res := map[string]*result{"blockd": {}, "qsd": {}}
+	names := []string{"blockd", "nbdkit", "qsd"}
+	if *format != "raw" {
+		names = []string{"blockd", "qsd"}
+	}
+	if _, err := exec.LookPath("nbdkit"); err != nil && *format == "raw" {
+		fmt.Println("nbdkit is missing (Debian package nbdkit): measuring blockd and qsd only")
+		names = []string{"blockd", "qsd"}
+	}
+	res := map[string][][]float64{}
+	for _, n := range names {
+		res[n] = make([][]float64, len(measures))
+	}
 	for r := 0; r < *rounds; r++ {
-		for _, name := range []string{"blockd", "qsd"} {
-			d := startDaemon(name, dir, img)
-			uri := "nbd+unix:///disk?socket=" + d.sock
+		for _, name := range names {
+			s := start(name, dir, img)
 			x := res[name]
-
-			cpu0 := benchutil.CPUSeconds(d.cmd.Process.Pid)
-			t0 := time.Now()
-			benchutil.MustRun("nbdcopy", uri, "null:")
-			el := time.Since(t0).Seconds()
-			x.seq = append(x.seq, float64(size)/el/(1<<20))
-			x.seqCPU = append(x.seqCPU, benchutil.CPUSeconds(d.cmd.Process.Pid)-cpu0)
-
-			out := filepath.Join(dir, "out.raw")
-			cpu0 = benchutil.CPUSeconds(d.cmd.Process.Pid)
-			t0 = time.Now()
-			benchutil.MustRun("qemu-img", "convert", "-f", "raw", "-O", "raw", uri, out)
-			el = time.Since(t0).Seconds()
-			x.conv = append(x.conv, float64(size)/el/(1<<20))
-			x.convCPU = append(x.convCPU, benchutil.CPUSeconds(d.cmd.Process.Pid)-cpu0)
-			os.Remove(out)
-
-			cpu0 = benchutil.CPUSeconds(d.cmd.Process.Pid)
-			iops, bytes := fioRandRead(uri)
-			cpu := benchutil.CPUSeconds(d.cmd.Process.Pid) - cpu0
-			x.iops = append(x.iops, iops)
-			x.randCPUPerGiB = append(x.randCPUPerGiB, cpu/(float64(bytes)/(1<<30)))
-			d.stop()
-			fmt.Printf("round %d %-6s seq %.0f MiB/s, convert %.0f MiB/s, randread %.0f IOPS\n", r+1, name, x.seq[r], x.conv[r], x.iops[r])
+			add := func(i int, v float64) { x[i] = append(x[i], v) }
+			timed := func(i int, bytes float64, run func()) {
+				cpu0 := benchutil.CPUSeconds(s.cmd.Process.Pid)
+				t0 := time.Now()
+				run()
+				el := time.Since(t0).Seconds()
+				add(i, bytes/el/(1<<20))
+				add(i+1, (benchutil.CPUSeconds(s.cmd.Process.Pid)-cpu0)/(bytes/(1<<30)))
+			}
+			timed(0, float64(size), func() { benchutil.MustRun("nbdcopy", s.uri, "null:") })
+			timed(2, float64(size), func() { benchutil.MustRun("nbdcopy", src, s.uri) })
+			cpu0 := benchutil.CPUSeconds(s.cmd.Process.Pid)
+			iops, bytes := fioRandRead(s.uri)
+			add(4, iops)
+			add(5, (benchutil.CPUSeconds(s.cmd.Process.Pid)-cpu0)/(float64(bytes)/(1<<30)))
+			if *convert {
+				out := filepath.Join(dir, "out.raw")
+				timed(6, float64(size), func() { benchutil.MustRun("qemu-img", "convert", "-f", "raw", "-O", "raw", s.uri, out) })
+				os.Remove(out)
+			}
+			s.stop()
+			fmt.Printf("round %d %-6s read %.0f MiB/s, write %.0f MiB/s, randread %.0f IOPS\n", r+1, name, x[0][r], x[2][r], x[4][r])
 		}
 	}
-	b, q := res["blockd"], res["qsd"]
-	fmt.Printf("\n%s image of %s, medians of %d rounds (higher is better unless noted)\n", *format, *sizeFlag, *rounds)
-	fmt.Printf("%-40s %12s %12s %8s\n", "measure", "blockd", "qsd", "ratio")
-	row := func(name string, bv, qv []float64) {
-		mb, mq := benchutil.Median(bv), benchutil.Median(qv)
-		fmt.Printf("%-40s %12.2f %12.2f %8.2f\n", name, mb, mq, mb/mq)
+
+	fmt.Printf("\n%s image of %s, medians of %d rounds\n", *format, *sizeFlag, *rounds)
+	fmt.Printf("%-36s", "measure")
+	for _, n := range names {
+		fmt.Printf(" %10s", n)
 	}
-	row("nbdcopy sequential read (MiB/s)", b.seq, q.seq)
-	row("  daemon CPU seconds (lower is better)", b.seqCPU, q.seqCPU)
-	row("qemu-img convert (MiB/s)", b.conv, q.conv)
-	row("  daemon CPU seconds (lower is better)", b.convCPU, q.convCPU)
-	row("fio 4k randread qd16 (IOPS)", b.iops, q.iops)
-	row("  daemon CPU s per GiB (lower is better)", b.randCPUPerGiB, q.randCPUPerGiB)
+	for _, n := range names[1:] {
+		fmt.Printf(" %10s", "blockd/"+n)
+	}
+	fmt.Println()
+	for i, m := range measures {
+		if len(res["blockd"][i]) == 0 {
+			continue
+		}
+		label := m.name + " (" + m.unit + ")"
+		if m.lower {
+			label = m.name + " (lower is better)"
+		}
+		fmt.Printf("%-36s", label)
+		med := map[string]float64{}
+		for _, n := range names {
+			med[n] = benchutil.Median(res[n][i])
+			fmt.Printf(" %10.2f", med[n])
+		}
+		for _, n := range names[1:] {
+			fmt.Printf(" %10.2f", med["blockd"]/med[n])
+		}
+		fmt.Println()
+	}
 }
 
-// randomSource makes a file of random data to convert from.
+// randomSource makes a file of random data to copy from.
 func randomSource(dir string, size int64) string {
 	src := filepath.Join(dir, "random.raw")
 	f, err := os.Create(src)
@@ -116,19 +162,26 @@ func randomSource(dir string, size int64) string {
 	return src
 }
 
-func startDaemon(name, dir, img string) *daemon {
+// start runs one server exporting img writable on a UNIX socket.
+func start(name, dir, img string) *server {
 	sock := filepath.Join(dir, name+"-nbd.sock")
 	os.Remove(sock)
-	args := []string{
-		"--blockdev", fmt.Sprintf("driver=%s,node-name=disk,read-only=on,file.driver=file,file.filename=%s", *format, img),
-		"--nbd-server", "addr.type=unix,addr.path=" + sock,
-		"--export", "type=nbd,id=e0,node-name=disk,name=disk",
+	uri := "nbd+unix:///disk?socket=" + sock
+	var cmd *exec.Cmd
+	switch name {
+	case "nbdkit":
+		// -f: stay in the foreground, so the process is the server.
+		cmd = exec.Command("nbdkit", "-f", "-U", sock, "-e", "disk", "file", img)
+	default:
+		bin := *blockdBin
+		if name == "qsd" {
+			bin = "qemu-storage-daemon"
+		}
+		cmd = exec.Command(bin,
+			"--blockdev", fmt.Sprintf("driver=%s,node-name=disk,file.driver=file,file.filename=%s", *format, img),
+			"--nbd-server", "addr.type=unix,addr.path="+sock,
+			"--export", "type=nbd,id=e0,node-name=disk,name=disk,writable=on")
 	}
-	bin := *blockdBin
-	if name == "qsd" {
-		bin = "qemu-storage-daemon"
-	}
-	cmd := exec.Command(bin, args...)
 	cmd.Stderr = os.Stderr
 	benchutil.Check(cmd.Start())
 	deadline := time.Now().Add(10 * time.Second)
@@ -142,12 +195,12 @@ func startDaemon(name, dir, img string) *daemon {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return &daemon{name: name, cmd: cmd, sock: sock}
+	return &server{name: name, cmd: cmd, uri: uri}
 }
 
-func (d *daemon) stop() {
-	d.cmd.Process.Signal(os.Interrupt)
-	d.cmd.Wait()
+func (s *server) stop() {
+	s.cmd.Process.Signal(os.Interrupt)
+	s.cmd.Wait()
 }
 
 func fioRandRead(uri string) (iops float64, bytes int64) {
