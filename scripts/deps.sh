@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs what the tests need when it is missing: qemu-img, qemu-io and
 # qemu-storage-daemon (the reference daemon and the truth for image data),
-# nbdinfo and nbdcopy (NBD clients), fio (benchmarks). On Debian/Ubuntu it
+# nbdinfo and nbdcopy (NBD clients), fio and nbdkit (benchmarks). On Debian/Ubuntu it
 # uses apt-get (as root, or through sudo); elsewhere it says what to install.
 set -eu
 
@@ -13,6 +13,7 @@ need qemu-storage-daemon qemu-system-common
 need nbdinfo libnbd-bin
 need nbdcopy libnbd-bin
 need fio fio
+need nbdkit nbdkit
 
 [ -z "$missing" ] && exit 0
 pkgs=$(printf '%s\n' $missing | sort -u | tr '\n' ' ')

@@ -166,6 +166,18 @@ func (r *Root) enter() {
 	r.mu.Unlock()
 }
 
+// tryEnter is enter for a caller that must not wait: it fails while the
+// root is quiesced.
+func (r *Root) tryEnter() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.quiesced > 0 && r.hooks == nil {
+		return false
+	}
+	r.inflight++
+	return true
+}
+
 func (r *Root) exit() {
 	r.mu.Lock()
 	r.inflight--

@@ -35,18 +35,7 @@ var ErrNoSplice = errors.New("range cannot be spliced")
 func (c *Child) SpliceRead(ctx context.Context, pipe int, off int64, n int) (int, error) {
 	nd := c.Node()
 	s, ok := nd.impl.(Splicer)
-	if !ok || n <= 0 {
-		return 0, ErrNoSplice
-	}
-	if err := checkRange(off, int64(n)); err != nil || off+int64(n) > nd.Size() {
-		// Past the end a node reads zeroes, which no file holds.
-		return 0, ErrNoSplice
-	}
-	l := nd.caps.Load().Limits
-	if a := l.RequestAlign; a > 1 && (off%a != 0 || int64(n)%a != 0) {
-		return 0, ErrNoSplice
-	}
-	if l.MaxTransfer > 0 && int64(n) > l.MaxTransfer {
+	if !ok || !nd.plainRange(off, int64(n)) {
 		return 0, ErrNoSplice
 	}
 	moved, err := s.SpliceRead(ctx, pipe, off, n)
@@ -60,6 +49,21 @@ func (c *Child) SpliceRead(ctx context.Context, pipe int, off int64, n int) (int
 	nd.Stats.RdOps.Add(1)
 	nd.Stats.RdBytes.Add(int64(n))
 	return n, nil
+}
+
+// plainRange says whether a fast path (splice, a read that must not
+// wait) may hand [off, off+n) straight to the driver: inside the node
+// (past the end a node reads zeroes, which no file holds), aligned and
+// small enough that the generic layer would neither pad nor split it.
+func (nd *Node) plainRange(off, n int64) bool {
+	if n <= 0 || checkRange(off, n) != nil || off+n > nd.Size() {
+		return false
+	}
+	l := nd.caps.Load().Limits
+	if a := l.RequestAlign; a > 1 && (off%a != 0 || n%a != 0) {
+		return false
+	}
+	return l.MaxTransfer <= 0 || n <= l.MaxTransfer
 }
 
 // SpliceRead moves n bytes at off into a pipe through the root, as

@@ -414,6 +414,15 @@ func (b *nodeBackend) ReadToPipe(ctx context.Context, pipe int, off int64, n int
 	return k, err
 }
 
+// ReadNoWait implements nbd.NoWaitReader through block.NoWaitReader.
+func (b *nodeBackend) ReadNoWait(ctx context.Context, p []byte, off int64) error {
+	err := b.root.ReadNoWait(ctx, p, off)
+	if errors.Is(err, block.ErrWouldBlock) {
+		return fmt.Errorf("%w: %w", nbd.ErrWouldBlock, err)
+	}
+	return err
+}
+
 func (b *nodeBackend) flags(fua bool) block.Flags {
 	if fua || b.writethrough {
 		return block.FlagFUA

@@ -52,6 +52,19 @@ type PipeReader interface {
 	ReadToPipe(ctx context.Context, pipe int, off int64, n int) (int, error)
 }
 
+// A NoWaitReader is a Backend that can try a read that must not wait
+// (data in the page cache). The server's reader answers small reads with
+// it on the spot and hands reads that would wait to its workers.
+type NoWaitReader interface {
+	// ReadNoWait fills p from off if it can without waiting for I/O, and
+	// returns an error wrapping ErrWouldBlock if it cannot.
+	ReadNoWait(ctx context.Context, p []byte, off int64) error
+}
+
+// ErrWouldBlock is wrapped by NoWaitReader.ReadNoWait when the read
+// would have to wait.
+var ErrWouldBlock = errors.New("operation would block")
+
 // Extent is one run of the block status answer.
 type Extent struct {
 	Length int64

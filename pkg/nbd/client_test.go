@@ -79,7 +79,8 @@ type client struct {
 	br *bufio.Reader
 
 	structured bool
-	reads      map[uint64]uint32 // handle -> length of simple-reply reads in flight
+	reads      map[uint64]uint32    // handle -> length of simple-reply reads in flight
+	sent       map[uint64][2]uint64 // handle -> offset and length of reads sent
 }
 
 // optReply is one option reply.
@@ -326,6 +327,12 @@ func (c *client) send(typ, flags uint16, handle, off uint64, length uint32, data
 	if typ == cmdRead && !c.structured {
 		c.reads[handle] = length
 	}
+	if typ == cmdRead {
+		if c.sent == nil {
+			c.sent = map[uint64][2]uint64{}
+		}
+		c.sent[handle] = [2]uint64{off, uint64(length)}
+	}
 	c.write(append(b, data...))
 }
 
@@ -464,3 +471,28 @@ func (c *client) expectClosed() {
 }
 
 func newReader(nc net.Conn) *bufio.Reader { return bufio.NewReader(nc) }
+
+// collectAny reads the complete reply of whichever request answers next.
+func (c *client) collectAny(t testing.TB) (result, uint64) {
+	t.Helper()
+	var res result
+	var handle uint64
+	for first := true; ; first = false {
+		r, err := c.readReply()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first {
+			handle = r.handle
+		} else if r.handle != handle {
+			t.Fatalf("chunks of handles %#x and %#x interleave", handle, r.handle)
+		}
+		req := c.sent[r.handle]
+		if err := res.add(r, req[0], uint32(req[1])); err != nil {
+			t.Fatal(err)
+		}
+		if r.done() {
+			return res, handle
+		}
+	}
+}

@@ -47,7 +47,13 @@
 //     bound.
 //   - ServerOptions.Workers worker goroutines (16 by default) that validate
 //     requests and run them on the backend, so that many requests are in
-//     flight and complete in any order.
+//     flight and complete in any order. A READ of at most 32 KiB from a
+//     backend that is a NoWaitReader is first tried by the reader itself
+//     (a read that must not wait: the page cache or nothing); when that
+//     works it is answered on the spot, with no hand-off, and the replies
+//     of a burst of such reads go out in one write when the reader next
+//     waits for the client. A read that would wait goes to the workers,
+//     so a slow disk never stalls the reader.
 //   - a single writer, the connection's write lock: a worker whose request
 //     finished takes it and appends its reply frames to a batch buffer, so
 //     each reply goes out as soon as its work has finished, never before,

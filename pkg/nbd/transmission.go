@@ -101,7 +101,32 @@ func (c *conn) transmit() error {
 func (c *conn) readLoop() error {
 	var h [requestHeaderSize]byte
 	maxBlock := c.exp.opts.MaxBlock
+	// While the reader answers requests itself (see tryInline) it counts
+	// as a replier, so that the replies of requests that arrived
+	// together go out in one write: the batch is flushed when the reader
+	// is about to wait for the client.
+	held := false
+	hold := func() {
+		if !held {
+			c.replying.Add(1)
+			held = true
+		}
+	}
+	unhold := func() {
+		if held {
+			held = false
+			if c.replying.Add(-1) == 0 {
+				c.wmu.Lock()
+				c.flush()
+				c.wmu.Unlock()
+			}
+		}
+	}
+	defer unhold()
 	for {
+		if c.br.Buffered() < requestHeaderSize {
+			unhold()
+		}
 		if _, err := io.ReadFull(c.br, h[:]); err != nil {
 			if err == io.EOF {
 				return nil // the client went away between requests
@@ -133,6 +158,9 @@ func (c *conn) readLoop() error {
 			}
 			r.fail(syscall.EINVAL, fmt.Errorf("request length %d exceeds the maximum block size %d", r.length, maxBlock))
 		case typ == cmdWrite && r.length > 0:
+			if c.br.Buffered() < int(r.length) {
+				unhold()
+			}
 			if err := c.budget.acquire(int64(r.length)); err != nil {
 				requestPool.Put(r)
 				return err
@@ -149,9 +177,61 @@ func (c *conn) readLoop() error {
 				return err
 			}
 			r.cost = int64(r.length) // the buffer or pipe is taken by execute
+			if r.length <= inlineMax {
+				hold()
+				if c.tryInline(r) {
+					continue
+				}
+			}
 		}
-		c.reqs <- r
+		select {
+		case c.reqs <- r:
+		default:
+			unhold() // every worker is busy: let the replies go first
+			c.reqs <- r
+		}
 	}
+}
+
+// inlineMax is the largest READ the reader goroutine answers itself.
+const inlineMax = 32 << 10
+
+// tryInline answers a small READ on the reader goroutine when the
+// backend can read it from memory without waiting (NoWaitReader): a
+// cached read then costs no hand-off to a worker and no wake-up, and the
+// replies of a burst of reads share one write. A read that would wait
+// goes to the workers as before, so a slow disk never stalls the reader.
+func (c *conn) tryInline(r *request) bool {
+	e := c.exp
+	if r.typ != cmdRead || r.errno != 0 || r.length == 0 || r.length > inlineMax ||
+		c.structured && r.flags&cmdFlagDF == 0 && e.opts.SparseReadMin > 0 && r.length >= uint32(e.opts.SparseReadMin) {
+		return false
+	}
+	if !e.gate.tryEnter() {
+		return false
+	}
+	b := e.backend.Load().b
+	nw, ok := b.(NoWaitReader)
+	if !ok {
+		e.leave()
+		return false
+	}
+	if c.validate(r) && c.inRange(b, r) {
+		if r.buf == nil {
+			r.buf = getBuffer(int(r.length))
+		}
+		err := nw.ReadNoWait(c.ctx, r.buf.b[:r.length], int64(r.off))
+		if errors.Is(err, ErrWouldBlock) {
+			e.leave()
+			return false // the worker reads into the same buffer
+		}
+		if err != nil {
+			r.fail(ErrnoOf(err), err)
+		}
+	}
+	e.leave()
+	c.reply(r)
+	return true
 }
 
 // release returns what a request holds and recycles it.
@@ -195,9 +275,23 @@ func cmdName(typ uint16) string {
 // execute validates a request and runs it on the backend, filling in the
 // result. It runs on a worker.
 func (c *conn) execute(r *request) {
-	if r.errno != 0 {
+	if r.errno != 0 || !c.validate(r) {
 		return
 	}
+	b, err := c.exp.enter(c.ctx)
+	if err != nil {
+		r.fail(syscall.ESHUTDOWN, err)
+		return
+	}
+	defer c.exp.leave()
+	if c.inRange(b, r) {
+		c.run(b, r)
+	}
+}
+
+// validate checks what a request may ask of this export; on failure the
+// request carries its error and reports false.
+func (c *conn) validate(r *request) bool {
 	e := c.exp
 	valid := uint16(cmdFlagFUA)
 	writes := false
@@ -208,7 +302,7 @@ func (c *conn) execute(r *request) {
 		}
 		if r.length > e.opts.MaxBlock {
 			r.fail(syscall.EINVAL, fmt.Errorf("request length %d exceeds the maximum block size %d", r.length, e.opts.MaxBlock))
-			return
+			return false
 		}
 	case cmdWrite, cmdTrim:
 		writes = true
@@ -220,54 +314,58 @@ func (c *conn) execute(r *request) {
 	case cmdCache:
 		if r.length > e.opts.MaxBlock {
 			r.fail(syscall.EINVAL, fmt.Errorf("request length %d exceeds the maximum block size %d", r.length, e.opts.MaxBlock))
-			return
+			return false
 		}
 	case cmdFlush:
 	default:
 		r.fail(syscall.EINVAL, fmt.Errorf("unknown command %d", r.typ))
-		return
+		return false
 	}
 	if bad := r.flags &^ valid; bad != 0 {
 		r.fail(syscall.EINVAL, fmt.Errorf("unsupported flags %#x for %s", bad, cmdName(r.typ)))
-		return
+		return false
 	}
 	if writes && !e.opts.Writable {
 		r.fail(syscall.EPERM, errors.New("export is read-only"))
-		return
+		return false
 	}
 	if r.typ == cmdBlockStatus {
 		if !c.meta.base && !c.meta.depth {
 			r.fail(syscall.EINVAL, errors.New("no metadata context was negotiated"))
-			return
+			return false
 		}
 		if r.length == 0 {
 			r.fail(syscall.EINVAL, errors.New("block status needs a nonzero length"))
-			return
+			return false
 		}
 	}
 	if c.blockSizeAgreed && e.opts.MinBlock > 1 && r.typ != cmdFlush {
 		if m := uint64(e.opts.MinBlock); r.off%m != 0 || uint64(r.length)%m != 0 {
 			r.fail(syscall.EINVAL, fmt.Errorf("request is not aligned to the minimum block size %d", m))
-			return
+			return false
 		}
 	}
+	return true
+}
 
-	b, err := e.enter(c.ctx)
-	if err != nil {
-		r.fail(syscall.ESHUTDOWN, err)
-		return
+// inRange checks the request against the backend's size.
+func (c *conn) inRange(b Backend, r *request) bool {
+	if r.typ == cmdFlush {
+		return true
 	}
-	defer e.leave()
-	if r.typ != cmdFlush {
-		size := uint64(b.Size())
-		if r.off > size || uint64(r.length) > size-r.off {
-			// EINVAL for every command, as qemu-storage-daemon 7.2 does
-			// (the protocol suggests ENOSPC for writes).
-			r.fail(syscall.EINVAL, fmt.Errorf("request at offset %d length %d is past the end of the export (size %d)", r.off, r.length, size))
-			return
-		}
+	size := uint64(b.Size())
+	if r.off > size || uint64(r.length) > size-r.off {
+		// EINVAL for every command, as qemu-storage-daemon 7.2 does
+		// (the protocol suggests ENOSPC for writes).
+		r.fail(syscall.EINVAL, fmt.Errorf("request at offset %d length %d is past the end of the export (size %d)", r.off, r.length, size))
+		return false
 	}
+	return true
+}
 
+// run executes a valid request on the backend, filling in the result.
+func (c *conn) run(b Backend, r *request) {
+	var err error
 	ctx := c.ctx
 	off, n := int64(r.off), int64(r.length)
 	fua := r.flags&cmdFlagFUA != 0
@@ -354,7 +452,9 @@ func (c *conn) read(ctx context.Context, b Backend, r *request) error {
 	if c.spliceRead(ctx, b, r, parts) {
 		return nil
 	}
-	r.buf = getBuffer(int(r.length))
+	if r.buf == nil {
+		r.buf = getBuffer(int(r.length))
+	}
 	for _, s := range parts {
 		if err := b.ReadAt(ctx, r.buf.b[s.off:s.off+s.n], int64(r.off)+s.off); err != nil {
 			r.spans = r.spans[:0]

@@ -55,6 +55,9 @@ type file struct {
 	// (block.WriteBehinder): while it is positive, large writes start
 	// their own write-back.
 	writeBehind atomic.Int32
+	// noNoWait: the file system refused RWF_NOWAIT once; reads that must
+	// not block are not tried again.
+	noNoWait atomic.Bool
 
 	mu           sync.Mutex // guards the lock state
 	perm, shared block.Perm

@@ -88,6 +88,12 @@ func (d *raw) SpliceRead(ctx context.Context, pipe int, off int64, n int) (int, 
 	return d.file.SpliceRead(ctx, pipe, off+d.offset, n)
 }
 
+// ReadNoWait implements block.NoWaitReader, like SpliceRead.
+func (d *raw) ReadNoWait(ctx context.Context, p []byte, off int64) error {
+	block.DebugEvent(d.file, block.DebugReadAIO)
+	return d.file.ReadNoWait(ctx, p, off+d.offset)
+}
+
 func (d *raw) WriteAt(ctx context.Context, p []byte, off int64, f block.Flags) error {
 	block.DebugEvent(d.file, block.DebugWriteAIO)
 	return d.file.WriteAt(ctx, p, off+d.offset, f)

@@ -96,3 +96,45 @@ func TestSpliceRead(t *testing.T) {
 		})
 	}
 }
+
+// TestReadNoWait reads cached data of a raw node over a file without
+// waiting, and checks the cases that must send the reader to ReadAt.
+func TestReadNoWait(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "disk.raw")
+	data := make([]byte, 1<<20)
+	for i := range data {
+		data[i] = byte(i*5 + i>>10)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Read it once so that the page cache holds it.
+	if _, err := os.ReadFile(path); err != nil {
+		t.Fatal(err)
+	}
+	g := blocktest.NewGraph()
+	open := func(opts string) *block.Root {
+		n, err := blocktest.TryOpen(g, fmt.Sprintf(opts, path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return blocktest.NewRoot(t, n, block.PermConsistentRead, block.PermAll)
+	}
+	plain := open(`{"driver":"raw","node-name":"plain","offset":512,"file":{"driver":"file","filename":%q}}`)
+	filtered := open(`{"driver":"raw","node-name":"filtered","file":{"driver":"blocktest-filter","file":{"driver":"file","filename":%q}}}`)
+	ctx := context.Background()
+
+	p := make([]byte, 4096)
+	if err := plain.ReadNoWait(ctx, p, 8192); err != nil {
+		t.Fatalf("cached read: %v", err)
+	}
+	if !bytes.Equal(p, data[512+8192:512+8192+4096]) {
+		t.Fatal("cached read returned other bytes")
+	}
+	if err := filtered.ReadNoWait(ctx, p, 0); !errors.Is(err, block.ErrWouldBlock) {
+		t.Fatalf("through a filter: %v, want ErrWouldBlock", err)
+	}
+	if err := plain.ReadNoWait(ctx, p, int64(len(data))-512-1024); !errors.Is(err, block.ErrOutOfRange) {
+		t.Fatalf("past the end: %v, want out of range", err)
+	}
+}

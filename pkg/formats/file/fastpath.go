@@ -34,3 +34,31 @@ func (d *file) SpliceRead(ctx context.Context, pipe int, off int64, n int) (int,
 	}
 	return moved, nil
 }
+
+// ReadNoWait implements block.NoWaitReader with preadv2(RWF_NOWAIT): the
+// read succeeds only if the page cache holds all of it. O_DIRECT files
+// and file systems without RWF_NOWAIT always answer ErrWouldBlock.
+func (d *file) ReadNoWait(ctx context.Context, p []byte, off int64) error {
+	if d.direct || d.noNoWait.Load() {
+		return block.ErrWouldBlock
+	}
+	iov := [][]byte{p}
+	for {
+		n, err := unix.Preadv2(d.fd, iov, off, unix.RWF_NOWAIT)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			return block.ErrWouldBlock
+		case err == syscall.EOPNOTSUPP || err == syscall.EINVAL:
+			d.noNoWait.Store(true)
+			return block.ErrWouldBlock
+		case err != nil:
+			return ioErr("read", d.name, err)
+		case n < len(p):
+			// Partly cached, or the file shrank: ReadAt finishes it.
+			return block.ErrWouldBlock
+		}
+		return nil
+	}
+}
