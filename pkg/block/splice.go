@@ -21,7 +21,8 @@ type Splicer interface {
 	// end is the file descriptor pipe, and returns how many it moved.
 	// A short count or an error leaves the pipe holding the bytes moved;
 	// the caller discards them and reads with ReadAt. ErrNoSplice says
-	// the range cannot be spliced, with nothing moved.
+	// (part of) the range cannot be spliced: a format whose range mixes
+	// plain clusters with compressed or zero ones finds that out part way.
 	SpliceRead(ctx context.Context, pipe int, off int64, n int) (int, error)
 }
 
@@ -41,7 +42,7 @@ func (c *Child) SpliceRead(ctx context.Context, pipe int, off int64, n int) (int
 	moved, err := s.SpliceRead(ctx, pipe, off, n)
 	switch {
 	case errors.Is(err, ErrNoSplice):
-		return 0, err
+		return moved, err
 	case err != nil || moved != n:
 		nd.Stats.FailedRd.Add(1)
 		return moved, err
