@@ -374,13 +374,13 @@ func TestRequestChecks(t *testing.T) {
 
 func TestHandleReserved(t *testing.T) {
 	s := NewServer(ServerOptions{})
-	for _, name := range []string{"qmp_capabilities", "quit", "query-version", "query-commands", ""} {
+	for _, name := range []string{"qmp_capabilities", "quit", "query-version", "query-commands", "query-qmp-schema", ""} {
 		s.Handle(name, HandlerFunc(func(context.Context, json.RawMessage) (any, error) { return "replaced", nil }))
 	}
 	if h := s.lookup("quit"); h != builtinHandler(cmdQuit) {
 		t.Errorf("quit replaced")
 	}
-	if len(s.commandList()) != 4 {
+	if len(s.commandList()) != 5 {
 		t.Errorf("commands: %v", s.commandList())
 	}
 	s.Close()

@@ -107,8 +107,11 @@ func Decode(raw json.RawMessage, path string, dsts ...any) error {
 // Command adapts a typed function to a Handler. The arguments are decoded
 // with Decode into a fresh A (missing "arguments" decodes as {}); a result
 // of type struct{} or a nil result encodes as {}.
-func Command[A, R any](fn func(ctx context.Context, a *A) (R, error)) Handler {
-	return HandlerFunc(func(ctx context.Context, args json.RawMessage) (any, error) {
+//
+// The handler's signature (Signed) is A and R: query-qmp-schema describes
+// the command from them with no further declaration.
+func Command[A, R any](fn func(ctx context.Context, a *A) (R, error)) Signed {
+	return Declare[A, R](HandlerFunc(func(ctx context.Context, args json.RawMessage) (any, error) {
 		a := new(A)
 		if err := Decode(args, "", a); err != nil {
 			return nil, err
@@ -118,7 +121,7 @@ func Command[A, R any](fn func(ctx context.Context, a *A) (R, error)) Handler {
 			return nil, err
 		}
 		return r, nil
-	})
+	}))
 }
 
 func nameOr(path string) string {
@@ -163,6 +166,7 @@ type fieldInfo struct {
 	index    []int
 	typ      reflect.Type
 	optional bool
+	features []string // QAPI features from the `qmp:"..."` tag, for the schema
 }
 
 type structInfo struct {
@@ -223,8 +227,12 @@ func structFields(t reflect.Type) *structInfo {
 					optional = true
 				}
 			}
+			var features []string
+			if q := sf.Tag.Get("qmp"); q != "" {
+				features = strings.Split(q, ",")
+			}
 			cands = append(cands, cand{
-				fieldInfo: fieldInfo{name: name, index: idx, typ: ft, optional: optional},
+				fieldInfo: fieldInfo{name: name, index: idx, typ: ft, optional: optional, features: features},
 				depth:     depth,
 				tagged:    tagged,
 			})
@@ -491,18 +499,23 @@ func intTypeName(t reflect.Type) string {
 
 var enumCache sync.Map // reflect.Type -> map[string]bool
 
+// enumOf returns t's Enum implementation, or nil when t is no enum.
+func enumOf(t reflect.Type) Enum {
+	switch {
+	case t.Implements(enumType):
+		return reflect.Zero(t).Interface().(Enum)
+	case reflect.PointerTo(t).Implements(enumType):
+		return reflect.New(t).Interface().(Enum)
+	}
+	return nil
+}
+
 func enumHas(t reflect.Type, s string) bool {
 	if m, ok := enumCache.Load(t); ok {
 		return m.(map[string]bool)[s]
 	}
-	var e Enum
-	if t.Implements(enumType) {
-		e = reflect.Zero(t).Interface().(Enum)
-	} else {
-		e = reflect.New(t).Interface().(Enum)
-	}
 	m := map[string]bool{}
-	for _, v := range e.EnumValues() {
+	for _, v := range enumOf(t).EnumValues() {
 		m[v] = true
 	}
 	enumCache.Store(t, m)

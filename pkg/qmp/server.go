@@ -102,6 +102,7 @@ const (
 	cmdQuit          = "quit"
 	cmdQueryVersion  = "query-version"
 	cmdQueryCommands = "query-commands"
+	cmdQuerySchema   = "query-qmp-schema"
 )
 
 // Server is a QMP server: it accepts connections on any number of
@@ -116,6 +117,10 @@ type Server struct {
 	cmdMu    sync.RWMutex
 	cmds     map[string]Handler // guarded by cmdMu
 	cmdOrder []string           // guarded by cmdMu; registration order
+
+	schemaMu sync.Mutex
+	shapes   map[reflect.Type]Shape  // guarded by schemaMu; see DeclareType
+	events   map[string]reflect.Type // guarded by schemaMu; see DeclareEvent
 
 	exec      chan *request // to the executor; unbuffered
 	stopping  chan struct{} // closed on 'quit' or Close: no more commands run
@@ -159,7 +164,7 @@ func (builtinHandler) ServeQMP(context.Context, json.RawMessage) (any, error) {
 }
 
 // NewServer returns a server with the builtin commands qmp_capabilities,
-// query-version, query-commands and quit.
+// query-version, query-commands, query-qmp-schema and quit.
 func NewServer(o ServerOptions) *Server {
 	if o.MaxMessageSize <= 0 {
 		o.MaxMessageSize = defaultMaxMessageSize
@@ -174,6 +179,8 @@ func NewServer(o ServerOptions) *Server {
 		opts:      o,
 		log:       o.Logger,
 		cmds:      map[string]Handler{},
+		shapes:    map[reflect.Type]Shape{},
+		events:    map[string]reflect.Type{},
 		exec:      make(chan *request),
 		stopping:  make(chan struct{}),
 		closingCh: make(chan struct{}),
@@ -188,14 +195,13 @@ func NewServer(o ServerOptions) *Server {
 	s.mu.conns = map[*conn]struct{}{}
 	s.mu.listeners = map[net.Listener]struct{}{}
 
+	s.declareBuiltinShapes()
 	s.register(cmdCapabilities, builtinHandler(cmdCapabilities))
-	s.register(cmdQueryVersion, Command(func(context.Context, *struct{}) (value, error) {
-		return s.versionValue(), nil
-	}))
-	s.register(cmdQueryCommands, Command(func(context.Context, *struct{}) ([]commandInfo, error) {
-		return s.commandList(), nil
-	}))
+	s.register(cmdQueryVersion, s.queryVersion())
+	s.register(cmdQueryCommands, Command(s.queryCommands))
 	s.register(cmdQuit, builtinHandler(cmdQuit))
+	// compat(qsd-7.2): registered last, so listed before quit.
+	s.register(cmdQuerySchema, Command(s.querySchema))
 
 	g := fixedObject(stringValue("QMP"), fixedObject(
 		stringValue("version"), s.versionValue(),
@@ -243,7 +249,7 @@ func (s *Server) Handle(name string, h Handler) {
 	case name == "" || h == nil:
 		s.log.Errorf("qmp: Handle(%q): empty name or nil handler ignored", name)
 		return
-	case name == cmdCapabilities || name == cmdQuit || name == cmdQueryVersion || name == cmdQueryCommands:
+	case name == cmdCapabilities || name == cmdQuit || name == cmdQueryVersion || name == cmdQueryCommands || name == cmdQuerySchema:
 		s.log.Errorf("qmp: Handle(%q): builtin command cannot be replaced", name)
 		return
 	}
@@ -517,9 +523,7 @@ func (s *Server) errorMsg(req *request, err error) value {
 
 // execCapabilities is qmp_capabilities. compat(qsd-7.2): section 4.
 func (s *Server) execCapabilities(req *request) {
-	var a struct {
-		Enable []capability `json:"enable,omitempty"`
-	}
+	var a capabilitiesArgs
 	err := Decode(req.args, "", &a)
 	c := req.c
 	s.mu.Lock()

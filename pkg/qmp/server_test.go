@@ -534,7 +534,7 @@ func TestTranscript_P4(t *testing.T) {
 -> {"execute": "block-resize", "arguments": {"node-name": "x", "size": 1}}
 <- {"error": {"class": "CommandNotFound", "desc": "The command block-resize has not been found"}}
 -> {"execute": "query-commands", "id": "qc"}
-<- {"return": [{"name": "job-dismiss"}, {"name": "query-jobs"}, {"name": "blockdev-create"}, {"name": "query-named-block-nodes"}, {"name": "block-job-set-speed"}, {"name": "blockdev-del"}, {"name": "blockdev-add"}, {"name": "quit"}, {"name": "query-commands"}, {"name": "query-version"}, {"name": "qmp_capabilities"}], "id": "qc"}
+<- {"return": [{"name": "job-dismiss"}, {"name": "query-jobs"}, {"name": "blockdev-create"}, {"name": "query-named-block-nodes"}, {"name": "block-job-set-speed"}, {"name": "blockdev-del"}, {"name": "blockdev-add"}, {"name": "query-qmp-schema"}, {"name": "quit"}, {"name": "query-commands"}, {"name": "query-version"}, {"name": "qmp_capabilities"}], "id": "qc"}
 -> {"execute": "quit", "arguments": {}}
 <- {"return": {}}
 EOF
