@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"sort"
 	"sync"
 )
@@ -286,6 +287,9 @@ type Creator struct {
 	// Decode checks the options (synchronously, before the job starts)
 	// and returns the function the job runs.
 	Decode func(raw json.RawMessage, dec Decoder) (func(ctx context.Context, g *Graph) error, error)
+	// Options is the type Decode decodes the driver's members into
+	// (for query-qmp-schema).
+	Options reflect.Type
 }
 
 var creators = struct {
@@ -297,7 +301,8 @@ var creators = struct {
 // the driver's BlockdevCreateOptions member set (without "driver").
 func RegisterCreate[O any](driver string, create CreateFunc[O]) {
 	c := &Creator{
-		Driver: driver,
+		Driver:  driver,
+		Options: reflect.TypeFor[O](),
 		Decode: func(raw json.RawMessage, dec Decoder) (func(ctx context.Context, g *Graph) error, error) {
 			var common struct {
 				Driver string `json:"driver"`
@@ -319,6 +324,18 @@ func LookupCreator(driver string) *Creator {
 	creators.RLock()
 	defer creators.RUnlock()
 	return creators.m[driver]
+}
+
+// Creators lists the blockdev-create implementations sorted by driver.
+func Creators() []*Creator {
+	creators.RLock()
+	defer creators.RUnlock()
+	cs := make([]*Creator, 0, len(creators.m))
+	for _, c := range creators.m {
+		cs = append(cs, c)
+	}
+	sort.Slice(cs, func(i, j int) bool { return cs[i].Driver < cs[j].Driver })
+	return cs
 }
 
 // NewOptions returns a new, empty options struct of the driver (a pointer),

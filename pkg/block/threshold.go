@@ -1,5 +1,7 @@
 package block
 
+func init() { DeclareEvent("BLOCK_WRITE_THRESHOLD", WriteThresholdEvent{}) }
+
 // WriteThresholdEvent is BLOCK_WRITE_THRESHOLD's data.
 type WriteThresholdEvent struct {
 	NodeName       string `json:"node-name"`

@@ -65,9 +65,11 @@ func (s *Server) SetEmitter(e block.Emitter) {
 	em.mu.Unlock()
 }
 
-// Register adds every command to q.
+// Register adds every command to q, and declares to q what its
+// query-qmp-schema cannot learn from the commands' Go types (schema.go).
 func (s *Server) Register(q *qmp.Server) {
 	s.SetEmitter(q)
+	declareSchema(q)
 	for name, h := range s.handlers() {
 		q.Handle(name, h)
 	}
@@ -75,7 +77,7 @@ func (s *Server) Register(q *qmp.Server) {
 
 func (s *Server) handlers() map[string]qmp.Handler {
 	return map[string]qmp.Handler{
-		"blockdev-add":              qmp.HandlerFunc(s.blockdevAdd),
+		"blockdev-add":              qmp.Declare[BlockdevOptions, empty](qmp.HandlerFunc(s.blockdevAdd)),
 		"blockdev-del":              qmp.Command(s.blockdevDel),
 		"block_resize":              qmp.Command(s.blockResize),
 		"query-named-block-nodes":   qmp.Command(s.queryNamedBlockNodes),
@@ -105,16 +107,16 @@ func (s *Server) handlers() map[string]qmp.Handler {
 		"change-backing-file":       qmp.Command(s.changeBackingFile),
 		"nbd-server-start":          qmp.Command(s.nbdServerStart),
 		"nbd-server-stop":           qmp.Command(s.nbdServerStop),
-		"block-export-add":          qmp.HandlerFunc(s.blockExportAdd),
+		"block-export-add":          qmp.Declare[BlockExportOptions, empty](qmp.HandlerFunc(s.blockExportAdd)),
 		"block-export-del":          qmp.Command(s.blockExportDel),
 		"query-block-exports":       qmp.Command(s.queryBlockExports),
-		"nbd-server-add":            qmp.Command(s.nbdServerAdd),
-		"nbd-server-remove":         qmp.Command(s.nbdServerRemove),
+		"nbd-server-add":            qmp.WithFeatures(qmp.Command(s.nbdServerAdd), "deprecated"),
+		"nbd-server-remove":         qmp.WithFeatures(qmp.Command(s.nbdServerRemove), "deprecated"),
 		"blockdev-snapshot":         qmp.Command(s.blockdevSnapshot),
 		"blockdev-snapshot-sync":    qmp.Command(s.blockdevSnapshotSync),
 		"transaction":               qmp.Command(s.transaction),
 		"blockdev-reopen":           qmp.Command(s.blockdevReopen),
-		"object-add":                qmp.HandlerFunc(s.objectAdd),
+		"object-add":                qmp.Declare[ObjectOptions, empty](qmp.HandlerFunc(s.objectAdd)),
 		"object-del":                qmp.Command(s.objectDel),
 		"qom-get":                   qmp.Command(s.qomGet),
 		"qom-set":                   qmp.Command(s.qomSet),

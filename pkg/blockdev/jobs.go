@@ -12,8 +12,8 @@ import (
 )
 
 type createArgs struct {
-	JobID   string          `json:"job-id"`
-	Options json.RawMessage `json:"options"`
+	JobID   string                           `json:"job-id"`
+	Options qmp.RawAs[BlockdevCreateOptions] `json:"options"`
 }
 
 // driverEnum is the 'driver' member of BlockdevCreateOptions: the drivers
@@ -54,7 +54,7 @@ func (s *Server) blockdevCreate(ctx context.Context, a *createArgs) (empty, erro
 	if c == nil {
 		return empty{}, fmt.Errorf("Driver does not support blockdev-create")
 	}
-	run, err := c.Decode(a.Options, qmp.Decode)
+	run, err := c.Decode(json.RawMessage(a.Options), qmp.Decode)
 	if err != nil {
 		return empty{}, err
 	}

@@ -282,7 +282,7 @@ func (s *Server) transaction(ctx context.Context, a *transactionArgs) (empty, er
 }
 
 type reopenArgs struct {
-	Options []json.RawMessage `json:"options"`
+	Options []qmp.RawAs[BlockdevOptions] `json:"options"`
 }
 
 // blockdevReopen reopens every listed node in one graph change: all
@@ -291,7 +291,7 @@ func (s *Server) blockdevReopen(ctx context.Context, a *reopenArgs) (empty, erro
 	tx := s.G.Begin()
 	defer tx.Abort()
 	for _, raw := range a.Options {
-		if _, err := tx.Reopen(ctx, raw); err != nil {
+		if _, err := tx.Reopen(ctx, json.RawMessage(raw)); err != nil {
 			return empty{}, err
 		}
 	}

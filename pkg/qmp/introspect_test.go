@@ -123,44 +123,10 @@ func TestSchemaDescribesWhatDecodeTakes(t *testing.T) {
 	}
 }
 
-// checkClosed reports references to types the schema does not define.
-func checkClosed(sc []SchemaInfo) []string {
-	m := entities(sc)
-	var bad []string
-	ref := func(from, n string) {
-		if _, ok := m[n]; !ok {
-			bad = append(bad, from+" -> "+n)
-		}
-	}
-	for _, e := range sc {
-		switch e.MetaType {
-		case MetaCommand:
-			ref(e.Name, e.Command.ArgType)
-			ref(e.Name, e.Command.RetType)
-		case MetaEvent:
-			ref(e.Name, e.Event.ArgType)
-		case MetaArray:
-			ref(e.Name, e.Array.ElementType)
-		case MetaAlternate:
-			for _, x := range e.Alternate.Members {
-				ref(e.Name, x.Type)
-			}
-		case MetaObject:
-			for _, x := range e.Object.Members {
-				ref(e.Name, x.Type)
-			}
-			for _, x := range e.Object.Variants {
-				ref(e.Name, x.Type)
-			}
-		}
-	}
-	return bad
-}
-
 func TestSchemaMasked(t *testing.T) {
 	sc, _ := testServer(t).Schema(true)
-	if bad := checkClosed(sc); len(bad) > 0 {
-		t.Fatalf("dangling references: %v", bad)
+	if errs := CheckSchema(sc); len(errs) > 0 {
+		t.Fatalf("ill-formed: %v", errs)
 	}
 	m := entities(sc)
 	if m["0"].MetaType != MetaObject || len(m["0"].Object.Members) != 0 {
@@ -173,6 +139,28 @@ func TestSchemaMasked(t *testing.T) {
 		if n := strings.Trim(e.Name, "[]"); strings.ContainsFunc(n, func(r rune) bool { return r < '0' || r > '9' }) && builtinJSONTypes[n] == "" {
 			t.Errorf("type name %q is not masked", e.Name)
 		}
+	}
+}
+
+func TestCheckSchema(t *testing.T) {
+	sc := []SchemaInfo{
+		{Name: "c", MetaType: MetaCommand, Command: &SchemaInfoCommand{ArgType: "[1]", RetType: "2"}},
+		{Name: "[1]", MetaType: MetaArray, Array: &SchemaInfoArray{ElementType: "1"}},
+		{Name: "3", MetaType: MetaObject, Object: &SchemaInfoObject{Tag: "t", Variants: []SchemaInfoObjectVariant{{"a", "[1]"}}}},
+	}
+	var got []string
+	for _, err := range CheckSchema(sc) {
+		got = append(got, err.Error())
+	}
+	want := []string{
+		`c: type "[1]" is array, not object`,
+		`c: type "2" is not defined`,
+		`[1]: type "1" is not defined`,
+		`3: tag "t" is not a member`,
+		`3+a: type "[1]" is array, not object`,
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("got\n%s", strings.Join(got, "\n"))
 	}
 }
 

@@ -197,3 +197,52 @@ func (si *SchemaInfo) UnmarshalJSON(b []byte) error {
 	}
 	return json.Unmarshal(b, v)
 }
+
+// CheckSchema reports what makes a schema (any server's, masked or not)
+// ill-formed: a type referenced but not defined, a command or event whose
+// arguments are not an object, a union whose tag is not one of its members
+// or whose variant is no object.
+func CheckSchema(sc []SchemaInfo) []error {
+	byName := map[string]*SchemaInfo{}
+	for i := range sc {
+		byName[sc[i].Name] = &sc[i]
+	}
+	var errs []error
+	ref := func(from, name string, want ...MetaType) {
+		e, ok := byName[name]
+		switch {
+		case !ok:
+			errs = append(errs, fmt.Errorf("%s: type %q is not defined", from, name))
+		case len(want) > 0 && e.MetaType != want[0]:
+			errs = append(errs, fmt.Errorf("%s: type %q is %s, not %s", from, name, e.MetaType, want[0]))
+		}
+	}
+	for _, e := range sc {
+		switch e.MetaType {
+		case MetaCommand:
+			ref(e.Name, e.Command.ArgType, MetaObject)
+			ref(e.Name, e.Command.RetType)
+		case MetaEvent:
+			ref(e.Name, e.Event.ArgType, MetaObject)
+		case MetaArray:
+			ref(e.Name, e.Array.ElementType)
+		case MetaAlternate:
+			for _, m := range e.Alternate.Members {
+				ref(e.Name, m.Type)
+			}
+		case MetaObject:
+			tagged := e.Object.Tag == ""
+			for _, m := range e.Object.Members {
+				ref(e.Name+"."+m.Name, m.Type)
+				tagged = tagged || m.Name == e.Object.Tag
+			}
+			if !tagged {
+				errs = append(errs, fmt.Errorf("%s: tag %q is not a member", e.Name, e.Object.Tag))
+			}
+			for _, v := range e.Object.Variants {
+				ref(e.Name+"+"+v.Case, v.Type, MetaObject)
+			}
+		}
+	}
+	return errs
+}

@@ -145,6 +145,11 @@ func (q *Quorum) Size(ctx context.Context) (int64, error) {
 	return size, nil
 }
 
+func init() {
+	block.DeclareEvent("QUORUM_REPORT_BAD", ReportBad{})
+	block.DeclareEvent("QUORUM_FAILURE", Failure{})
+}
+
 // ReportBad is the data of QUORUM_REPORT_BAD.
 type ReportBad struct {
 	Type         string `json:"type"` // read, write, flush

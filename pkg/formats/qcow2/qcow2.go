@@ -597,6 +597,19 @@ func (q *image) usable() error {
 	return nil
 }
 
+func init() { block.DeclareEvent("BLOCK_IMAGE_CORRUPTED", CorruptedEvent{}) }
+
+// CorruptedEvent declares the data corruptLocked emits with
+// BLOCK_IMAGE_CORRUPTED (qsd has no devices: device is always "").
+type CorruptedEvent struct {
+	Device   string `json:"device"`
+	NodeName string `json:"node-name,omitempty"`
+	Msg      string `json:"msg"`
+	Offset   *int64 `json:"offset,omitempty"`
+	Size     *int64 `json:"size,omitempty"`
+	Fatal    bool   `json:"fatal"`
+}
+
 // corruptLocked reports corruption found at run time, the way QEMU does:
 // one BLOCK_IMAGE_CORRUPTED event, and, if the image is writable, the
 // corrupt bit set and every later request refused. off and n locate the
