@@ -5,6 +5,8 @@
 #               unit tests (with -race) and the iotests against blockd
 #               and against qemu-storage-daemon, and every fuzz target
 #               for a second (its seed corpus runs with the unit tests)
+#   make docs   regenerate docs/qmp-reference.md from blockd's own
+#               query-qmp-schema (make lint fails when it is out of date)
 #   make fuzz   run every fuzz target for FUZZTIME (60s; the nightly form
 #               is make fuzz FUZZTIME=10m), see scripts/fuzz.sh
 
@@ -14,7 +16,7 @@ SOCK     ?= $(CURDIR)/blockd.sock
 NBDSOCK  ?= $(CURDIR)/blockd-nbd.sock
 FUZZTIME ?= 60s
 
-.PHONY: all build run test unit iotests iotests-blockd iotests-qsd lint deps bench fuzz fuzz-short crash clean
+.PHONY: all build run test unit iotests iotests-blockd iotests-qsd lint docs deps bench fuzz fuzz-short crash clean
 
 all: build
 
@@ -59,6 +61,10 @@ lint:
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod/go.sum are not tidy: run go mod tidy"; $(GO) mod tidy -diff; exit 1; }
+	$(GO) run ./cmd/qmpdoc -check docs/qmp-reference.md
+
+docs:
+	$(GO) run ./cmd/qmpdoc -o docs/qmp-reference.md
 
 bench: build
 	./bench/run.sh
