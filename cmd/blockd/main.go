@@ -208,7 +208,7 @@ type daemon struct {
 	log      logrus.FieldLogger
 	bd       *blockdev.Server
 	q        *qmp.Server
-	chardevs map[string]chardev // by id, until a monitor uses them
+	qmpCount int // --qmp monitors so far, for their chardevs' ids
 	monitors []net.Listener
 
 	stdioDone chan struct{} // closed when a stdio monitor's client is gone
@@ -220,7 +220,7 @@ type daemon struct {
 // newDaemon makes the daemon's servers; withMetrics makes them count
 // what --metrics will serve.
 func newDaemon(log logrus.FieldLogger, withMetrics bool) *daemon {
-	d := &daemon{log: log, chardevs: map[string]chardev{}, stdioDone: make(chan struct{})}
+	d := &daemon{log: log, stdioDone: make(chan struct{})}
 	d.bd = blockdev.New(log)
 	var onCommand func(string, qmp.Class)
 	if withMetrics {
@@ -241,6 +241,7 @@ func newDaemon(log logrus.FieldLogger, withMetrics bool) *daemon {
 func (d *daemon) shutdown() {
 	d.bd.Shutdown(context.Background())
 	d.q.Close()
+	d.bd.Chardevs.Close() // after the monitors' last replies
 	for _, l := range d.metricsEnds {
 		l.Close() // a UNIX listener removes its socket file
 	}
@@ -267,7 +268,7 @@ func (d *daemon) setup(opts []option) error {
 		var err error
 		switch o.name {
 		case "qmp":
-			err = d.listen(o.value, false)
+			err = d.qmpMonitor(o.value)
 		case "chardev":
 			err = d.chardev(o.value)
 		case "monitor":
@@ -287,6 +288,9 @@ func (d *daemon) setup(opts []option) error {
 			return fmt.Errorf("--%s %s: %w", o.name, o.value, err)
 		}
 	}
+	// The chardevs no monitor took serve now, not while a later
+	// --monitor could still take them.
+	d.bd.Chardevs.Start()
 	return nil
 }
 

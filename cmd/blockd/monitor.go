@@ -6,17 +6,13 @@ import (
 	"net"
 
 	"github.com/blockd/blockd/pkg/blockdev"
+	"github.com/blockd/blockd/pkg/chardev"
 	"github.com/blockd/blockd/pkg/qmp"
 )
 
-// A chardev is where a monitor talks, as --chardev gives it.
-type chardev struct {
-	kind string // "unix", "tcp" or "stdio"
-	addr string // the socket path, or host:port
-}
-
 // chardev parses --chardev: socket (a UNIX path, or host and port for
-// TCP, always a server) or stdio.
+// TCP, always a server) or stdio, and registers it, so that
+// query-chardev lists it and a monitor can use it.
 func (d *daemon) chardev(s string) error {
 	kv, err := blockdev.ParseKeyval(s, "backend")
 	if err != nil {
@@ -28,8 +24,7 @@ func (d *daemon) chardev(s string) error {
 	}
 	switch kv["backend"] {
 	case "stdio":
-		d.chardevs[id] = chardev{kind: "stdio"}
-		return nil
+		return d.bd.Chardevs.AddStdio(id)
 	case "socket":
 	default:
 		return fmt.Errorf("only 'socket' and 'stdio' character devices are supported")
@@ -37,60 +32,77 @@ func (d *daemon) chardev(s string) error {
 	if v, ok := kv["server"]; ok && v != "on" && v != "true" && v != "yes" {
 		return fmt.Errorf("only server sockets are supported")
 	}
+	if d.bd.Chardevs.Get(id) != nil {
+		return fmt.Errorf("Chardev with id '%s' already exists", id)
+	}
 	path, _ := kv["path"].(string)
 	host, _ := kv["host"].(string)
 	port, _ := kv["port"].(string)
+	var l net.Listener
 	switch {
 	case path != "" && host == "" && port == "":
-		d.chardevs[id] = chardev{kind: "unix", addr: path}
+		l, err = qmp.Listen(path)
 	case path == "" && port != "":
-		d.chardevs[id] = chardev{kind: "tcp", addr: net.JoinHostPort(host, port)}
+		l, err = net.Listen("tcp", net.JoinHostPort(host, port))
 	default:
 		return fmt.Errorf("a socket chardev needs path= (UNIX) or host= and port= (TCP)")
+	}
+	if err != nil {
+		return err
+	}
+	if err := d.bd.Chardevs.AddListener(id, l); err != nil {
+		l.Close()
+		return err
 	}
 	return nil
 }
 
-// monitor parses --monitor and serves QMP on its chardev.
+// monitor parses --monitor and serves QMP on its chardev, which becomes
+// the chardev's frontend (chardev-remove then refuses it as busy).
 func (d *daemon) monitor(s string) error {
 	kv, err := blockdev.ParseKeyval(s, "chardev")
 	if err != nil {
 		return err
 	}
 	id, _ := kv["chardev"].(string)
-	cd, ok := d.chardevs[id]
-	if !ok {
+	cd := d.bd.Chardevs.Get(id)
+	if cd == nil {
 		return fmt.Errorf("chardev '%s' not found", id)
 	}
 	if m, ok := kv["mode"]; ok && m != "control" {
 		return fmt.Errorf("only mode=control monitors are supported")
 	}
-	pretty := kv["pretty"] == "on"
-	delete(d.chardevs, id)
-	switch cd.kind {
-	case "stdio":
-		d.serveStdio(pretty)
-		return nil
-	case "tcp":
-		l, err := net.Listen("tcp", cd.addr)
-		if err != nil {
-			return err
-		}
-		d.serveMonitor(l, cd.addr, pretty)
-		return nil
-	}
-	return d.listen(cd.addr, pretty)
+	return d.serveChardev(cd, kv["pretty"] == "on")
 }
 
-// listen serves QMP on a UNIX socket at path (--qmp, or a socket
-// chardev).
-func (d *daemon) listen(path string, pretty bool) error {
+// serveChardev serves QMP on a chardev.
+func (d *daemon) serveChardev(cd *chardev.Device, pretty bool) error {
+	l, err := cd.Attach()
+	if err != nil {
+		return err
+	}
+	if l == nil {
+		d.serveStdio(pretty)
+		return nil
+	}
+	d.serveMonitor(l, l.Addr().String(), pretty)
+	return nil
+}
+
+// qmpMonitor serves QMP on a UNIX socket at path (--qmp), a shorthand
+// for --chardev and --monitor whose chardev gets a generated id.
+func (d *daemon) qmpMonitor(path string) error {
+	id := fmt.Sprintf("#qmp%d", d.qmpCount)
+	d.qmpCount++
 	l, err := qmp.Listen(path)
 	if err != nil {
 		return err
 	}
-	d.serveMonitor(l, path, pretty)
-	return nil
+	if err := d.bd.Chardevs.AddListener(id, l); err != nil {
+		l.Close()
+		return err
+	}
+	return d.serveChardev(d.bd.Chardevs.Get(id), false)
 }
 
 func (d *daemon) serveMonitor(l net.Listener, where string, pretty bool) {

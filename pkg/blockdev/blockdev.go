@@ -12,16 +12,18 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/blockd/blockd/pkg/block"
+	"github.com/blockd/blockd/pkg/chardev"
 	"github.com/blockd/blockd/pkg/jobs"
 	"github.com/blockd/blockd/pkg/qmp"
 )
 
 // Server is the daemon's state behind the QMP commands.
 type Server struct {
-	G    *block.Graph
-	Jobs *jobs.Runner
-	log  logrus.FieldLogger
-	emit block.Emitter
+	G        *block.Graph
+	Jobs     *jobs.Runner
+	Chardevs *chardev.Registry
+	log      logrus.FieldLogger
+	emit     block.Emitter
 
 	exports exportState
 	mu      sync.Mutex
@@ -50,7 +52,7 @@ func New(log logrus.FieldLogger) *Server {
 		log = l
 	}
 	em := &lateEmitter{}
-	s := &Server{log: log, emit: em}
+	s := &Server{log: log, emit: em, Chardevs: chardev.New()}
 	s.G = block.NewGraph(block.Decoder(qmp.Decode), log)
 	s.G.SetEmitter(em)
 	s.Jobs = jobs.NewRunner(s.G, em, log, nil)
@@ -76,7 +78,7 @@ func (s *Server) Register(q *qmp.Server) {
 }
 
 func (s *Server) handlers() map[string]qmp.Handler {
-	return map[string]qmp.Handler{
+	m := map[string]qmp.Handler{
 		"blockdev-add":              qmp.Declare[BlockdevOptions, empty](qmp.HandlerFunc(s.blockdevAdd)),
 		"blockdev-del":              qmp.Command(s.blockdevDel),
 		"block_resize":              qmp.Command(s.blockResize),
@@ -123,7 +125,13 @@ func (s *Server) handlers() map[string]qmp.Handler {
 		"qom-list":                  qmp.Command(s.qomList),
 		"block-set-write-threshold": qmp.Command(s.blockSetWriteThreshold),
 		"x-blockdev-set-iothread":   qmp.Command(s.xBlockdevSetIOThread),
+		"qom-list-types":            qmp.Command(s.qomListTypes),
+		"qom-list-properties":       qmp.Command(s.qomListProperties),
 	}
+	for name, h := range s.Chardevs.Handlers() {
+		m[name] = h
+	}
+	return m
 }
 
 // Shutdown tears everything down the way qsd's quit does: jobs are

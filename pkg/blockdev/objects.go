@@ -5,7 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
+	"slices"
 
 	"github.com/blockd/blockd/pkg/block"
 	"github.com/blockd/blockd/pkg/filters/throttle"
@@ -102,49 +102,47 @@ type qomSetArgs struct {
 	Value    json.RawMessage `json:"value"`
 }
 
-// object resolves a QOM path; blockd's objects live under /objects.
-func (s *Server) object(path string) (string, block.Object, error) {
-	id, ok := strings.CutPrefix(path, "/objects/")
-	if !ok {
-		id = path
-	}
-	obj := s.G.Object(id)
-	if obj == nil {
-		return "", nil, qmp.Classf(qmp.DeviceNotFound, "Device '%s' not found", path)
-	}
-	return id, obj, nil
-}
-
 func (s *Server) qomGet(ctx context.Context, a *qomGetArgs) (any, error) {
 	s.G.Lock()
 	defer s.G.Unlock()
-	_, obj, err := s.object(a.Path)
+	n, err := s.resolveQOM(a.Path)
 	if err != nil {
 		return nil, err
 	}
-	switch o := obj.(type) {
-	case *throttle.Group:
-		if a.Property == "limits" {
-			return o.Limits(), nil
-		}
-		if v, ok := o.LegacyProperty(a.Property); ok {
+	if a.Property == "type" {
+		return n.typ, nil
+	}
+	switch {
+	case n.dev != nil:
+		if v, ok := n.dev.Property(a.Property); ok {
 			return v, nil
 		}
-	case *iothread:
+	case n.obj != nil:
+		if g, ok := n.obj.(*throttle.Group); ok {
+			if a.Property == "limits" {
+				return g.Limits(), nil
+			}
+			if v, ok := g.LegacyProperty(a.Property); ok {
+				return v, nil
+			}
+		}
 	}
-	return nil, fmt.Errorf("Property '%s.%s' not found", obj.QOMType(), a.Property)
+	return nil, fmt.Errorf("Property '%s.%s' not found", n.typ, a.Property)
 }
 
 func (s *Server) qomSet(ctx context.Context, a *qomSetArgs) (empty, error) {
 	s.G.Lock()
 	defer s.G.Unlock()
-	_, obj, err := s.object(a.Path)
+	n, err := s.resolveQOM(a.Path)
 	if err != nil {
 		return empty{}, err
 	}
-	g, ok := obj.(*throttle.Group)
-	if !ok {
-		return empty{}, fmt.Errorf("Property '%s.%s' not found", obj.QOMType(), a.Property)
+	g, ok := n.obj.(*throttle.Group)
+	if !ok || a.Property == "type" {
+		if (n.obj == nil || a.Property == "type") && slices.ContainsFunc(typeProperties(qomTypes(), n.typ), func(p qomProperty) bool { return p.Name == a.Property }) {
+			return empty{}, fmt.Errorf("Property '%s.%s' is not writable", n.typ, a.Property)
+		}
+		return empty{}, fmt.Errorf("Property '%s.%s' not found", n.typ, a.Property)
 	}
 	if a.Property == "limits" {
 		var l throttle.Limits
@@ -154,7 +152,7 @@ func (s *Server) qomSet(ctx context.Context, a *qomSetArgs) (empty, error) {
 		return empty{}, g.SetLimits(l)
 	}
 	if _, ok := g.LegacyProperty(a.Property); !ok {
-		return empty{}, fmt.Errorf("Property '%s.%s' not found", obj.QOMType(), a.Property)
+		return empty{}, fmt.Errorf("Property '%s.%s' not found", n.typ, a.Property)
 	}
 	var v int64
 	if err := json.Unmarshal(a.Value, &v); err != nil {
