@@ -90,6 +90,8 @@ func TestQueryChardev(t *testing.T) {
 	d.MustFail("qom-get", map[string]any{"path": "/chardevs/st", "property": "x"}, "GenericError", "Property 'chardev-stdio.x' not found")
 	d.MustFail("qom-set", map[string]any{"path": "/chardevs/spare", "property": "connected", "value": true},
 		"GenericError", "Property 'chardev-socket.connected' is not writable")
+	d.MustFail("qom-set", map[string]any{"path": "/chardevs/st", "property": "type", "value": "x"},
+		"GenericError", "Property 'chardev-stdio.type' is not writable")
 
 	// A chardev nothing uses takes one client at a time.
 	c, err := net.Dial("unix", spare)
