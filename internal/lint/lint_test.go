@@ -40,6 +40,7 @@ func TestDependencies(t *testing.T) {
 		{"pkg/qmp", nil},
 		{"pkg/nbd", nil},
 		{"pkg/block", nil},
+		{"pkg/chardev", []string{"pkg/qmp"}}, // knows nothing of blocks
 		{"pkg/jobs", []string{"pkg/block"}},
 		{"pkg/jobs/stream", []string{"pkg/block", "pkg/jobs"}},
 		{"pkg/jobs/commit", []string{"pkg/block", "pkg/jobs"}},
