@@ -4,6 +4,7 @@ import (
 	"reflect"
 
 	"github.com/blockd/blockd/pkg/block"
+	"github.com/blockd/blockd/pkg/chardev"
 	"github.com/blockd/blockd/pkg/filters/throttle"
 	"github.com/blockd/blockd/pkg/formats/qcow2"
 	"github.com/blockd/blockd/pkg/qmp"
@@ -94,6 +95,8 @@ func declareSchema(q *qmp.Server) {
 		Name: "SocketAddressLegacy", Base: reflect.TypeFor[unionTag[AddrType]](), Tag: "type",
 		Variants: fixed([]qmp.Variant{wrapped[InetSocketAddress]("inet"), wrapped[UnixSocketAddress]("unix")}),
 	})
+
+	chardev.DeclareSchema(q)
 
 	str, null := reflect.TypeFor[string](), reflect.TypeFor[qmp.Null]()
 	opts := reflect.TypeFor[BlockdevOptions]()
