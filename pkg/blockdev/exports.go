@@ -120,7 +120,9 @@ func (s *Server) nbdServerStart(ctx context.Context, a *nbdServerStartArgs) (emp
 }
 
 func (s *Server) startNBDLocked(l net.Listener, path string, maxConn *uint32) error {
-	o := nbd.ServerOptions{Logger: s.log.WithField("component", "nbd")}
+	// compat(qsd-7.2): without max-connections qsd 7.2.22 serves at most
+	// 100 clients at once (its CVE-2024-7409 fix); 0 means no limit.
+	o := nbd.ServerOptions{Logger: s.log.WithField("component", "nbd"), MaxConnections: 100}
 	if maxConn != nil {
 		o.MaxConnections = int(*maxConn)
 	}

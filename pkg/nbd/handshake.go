@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/sirupsen/logrus"
 )
@@ -99,11 +100,19 @@ func (c *conn) kill() {
 
 func (c *conn) serve() {
 	defer c.kill()
+	if t := c.srv.opts.HandshakeTimeout; t > 0 {
+		c.nc.SetDeadline(time.Now().Add(t))
+	}
 	ok, err := c.handshake()
 	if err != nil {
 		c.logEnd("handshake", err)
 	}
 	if !ok {
+		return
+	}
+	// In transmission a client may stay idle as long as it likes.
+	if err := c.nc.SetDeadline(time.Time{}); err != nil {
+		c.logEnd("handshake", err)
 		return
 	}
 	defer c.exp.detach(c)

@@ -30,11 +30,18 @@ type ServerOptions struct {
 	// reading requests while it is reached. 0 means 64 MiB. It must be at
 	// least the largest MaxBlock of the exports.
 	MaxBufferBytes int64
+	// HandshakeTimeout is how long a client may take from its connection
+	// to the end of option negotiation; then it is dropped, so clients
+	// that never negotiate cannot hold connection slots (CVE-2024-7409;
+	// qsd 7.2.22 drops them after 10 seconds). 0 means 10 seconds, a
+	// negative value no limit.
+	HandshakeTimeout time.Duration
 }
 
 const (
-	defaultWorkers     = 16
-	defaultBufferBytes = 64 << 20
+	defaultWorkers          = 16
+	defaultBufferBytes      = 64 << 20
+	defaultHandshakeTimeout = 10 * time.Second
 )
 
 // ErrServerClosed is returned by Serve after Close.
@@ -80,6 +87,9 @@ func NewServer(o ServerOptions) *Server {
 	}
 	if o.MaxBufferBytes <= 0 {
 		o.MaxBufferBytes = defaultBufferBytes
+	}
+	if o.HandshakeTimeout == 0 {
+		o.HandshakeTimeout = defaultHandshakeTimeout
 	}
 	s := &Server{opts: o, log: o.Logger, done: make(chan struct{})}
 	s.mu.listeners = make(map[net.Listener]struct{})

@@ -946,3 +946,29 @@ func TestTCP(t *testing.T) {
 		}
 	}
 }
+
+// TestHandshakeTimeout: a client that does not finish negotiating in
+// time is dropped (CVE-2024-7409), whether it never spoke or stalled
+// mid-negotiation; one in transmission may stay idle past the limit.
+func TestHandshakeTimeout(t *testing.T) {
+	const limit = 200 * time.Millisecond
+	s := startServer(t, nbd.ServerOptions{HandshakeTimeout: limit})
+	addExport(t, s, nbdtest.NewMem(MiB, 0), nbd.ExportOptions{Name: "e"})
+
+	silent := s.dial(t) // reads the greeting, never answers
+	stalled := s.dial(t)
+	stalled.greeting(3)
+	stalled.opt(optList, nil)
+	idle, _ := s.connect(t, "e", true)
+
+	start := time.Now()
+	silent.expectClosed()
+	stalled.expectClosed()
+	if el := time.Since(start); el > 5*limit {
+		t.Errorf("dropped after %v, want about %v", el, limit)
+	}
+	time.Sleep(2 * limit)
+	if res := idle.roundTrip(cmdRead, 0, 0, 4096, nil); res.errno != 0 {
+		t.Fatalf("idle client in transmission: errno %d", res.errno)
+	}
+}

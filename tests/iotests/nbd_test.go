@@ -312,3 +312,61 @@ func TestNBDMinimumBlockSize(t *testing.T) {
 		}
 	}
 }
+
+// TestNBDNegotiationLimits: the CVE-2024-7409 fixes qsd 7.2.22 carries. A
+// client that does not finish negotiating within 10 seconds is dropped,
+// and without max-connections at most 100 clients are served at once
+// (max-connections 0 lifts the limit), so idle clients cannot exhaust
+// the server.
+func TestNBDNegotiationLimits(t *testing.T) {
+	d := start(t)
+	d.Cmd("blockdev-add", map[string]any{"driver": "null-co", "node-name": "n0", "size": 1 << 20})
+	sock := shortSock(t, "nbd")
+	d.Cmd("nbd-server-start", map[string]any{"addr": unixAddr(sock)})
+	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "n0"})
+	greeted := func(c net.Conn, wait time.Duration) bool {
+		c.SetReadDeadline(time.Now().Add(wait))
+		var b [18]byte
+		_, err := io.ReadFull(c, b[:])
+		return err == nil && string(b[:8]) == "NBDMAGIC"
+	}
+	dial := func() net.Conn {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+
+	// 100 silent clients are served; the 101st waits.
+	start := time.Now()
+	for i := 0; i < 100; i++ {
+		if !greeted(dial(), 5*time.Second) {
+			t.Fatalf("client %d got no greeting", i)
+		}
+	}
+	extra := dial()
+	if greeted(extra, 300*time.Millisecond) {
+		t.Fatal("a 101st client was served while 100 were connected")
+	}
+	// The silent ones are dropped about 10 s after they connected, and
+	// the waiting one is served then.
+	if !greeted(extra, 15*time.Second) {
+		t.Fatal("the waiting client was not served once the silent ones were dropped")
+	}
+	if el := time.Since(start); el < 8*time.Second || el > 14*time.Second {
+		t.Errorf("silent clients dropped after %v, want about 10 s", el)
+	}
+
+	// max-connections 0: no limit.
+	d.Cmd("nbd-server-stop", nil)
+	sock = shortSock(t, "nbd0")
+	d.Cmd("nbd-server-start", map[string]any{"addr": unixAddr(sock), "max-connections": 0})
+	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e1", "node-name": "n0"})
+	for i := 0; i < 105; i++ {
+		if !greeted(dial(), 5*time.Second) {
+			t.Fatalf("max-connections 0: client %d got no greeting", i)
+		}
+	}
+}
