@@ -127,6 +127,7 @@ func (s *Server) handlers() map[string]qmp.Handler {
 		"x-blockdev-set-iothread":   qmp.Command(s.xBlockdevSetIOThread),
 		"qom-list-types":            qmp.Command(s.qomListTypes),
 		"qom-list-properties":       qmp.Command(s.qomListProperties),
+		"x-blockdev-change":         qmp.Command(s.xBlockdevChange),
 	}
 	for name, h := range s.Chardevs.Handlers() {
 		m[name] = h

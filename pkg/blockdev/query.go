@@ -255,12 +255,19 @@ func fullOptions(n *block.Node) map[string]any {
 		m[k] = v
 	}
 	m["driver"] = n.Driver().Name
+	var children []any
 	for _, c := range n.Children() {
 		name := c.Name()
 		if strings.HasPrefix(name, "children.") {
+			// A quorum's children, as they are now (x-blockdev-change
+			// adds and removes them), in order.
+			children = append(children, fullOptions(c.Node()))
 			continue
 		}
 		m[name] = fullOptions(c.Node())
+	}
+	if children != nil {
+		m["children"] = children
 	}
 	return m
 }

@@ -54,6 +54,17 @@
 // (children can hold the same data with different allocation); both are
 // reported as allocated in the quorum node.
 //
+// Children can be added and removed at run time (x-blockdev-change,
+// block.ChildHotplugger; hotplug.go): a new child is named children.N
+// with N one past the highest index given so far (it goes back by one
+// only when the child with that index is removed, as in QEMU, so names
+// in the middle are not reused), takes the permissions of the other
+// children, and votes from the next request on; removal is refused when
+// it would leave fewer children than the threshold, and a quorum with
+// blkverify takes no new child. The node is drained while its set of
+// children changes; each request uses the set it started with. Sizes are
+// not checked and the quorum keeps its size, as in QEMU.
+//
 // Permissions (QEMU's): on each child the quorum takes what its parents
 // take, plus write with rewrite-corrupted, and shares only consistent-read
 // and write-unchanged: no other user may write or resize a child behind

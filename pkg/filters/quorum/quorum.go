@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/sirupsen/logrus"
@@ -37,8 +39,15 @@ func (ReadPattern) EnumValues() []string { return []string{"quorum", "fifo"} }
 
 // Quorum is an open quorum node.
 type Quorum struct {
-	node      *block.Node
-	children  []*block.Child
+	node *block.Node
+	// children are the child edges, children.0 first; replaced (never
+	// changed in place) by x-blockdev-change while the node is drained,
+	// so a request uses the set it loaded at its start throughout.
+	children atomic.Pointer[[]*block.Child]
+	// next is the index in the name of the next child added: one more
+	// than the highest index given so far, less the children removed
+	// from the end (QEMU's rule). Guarded by the graph lock.
+	next      int
 	threshold int
 	pattern   ReadPattern
 	blkverify bool // only with ReadQuorum
@@ -80,13 +89,16 @@ func open(ctx context.Context, o *block.Opener, opts *Options) (block.Impl, erro
 			return nil, block.Errorf(block.ErrInvalid, "rewrite-corrupted=on cannot be used with blkverify=on")
 		}
 	}
+	var cs []*block.Child
 	for i, ref := range opts.Children {
-		c, err := o.Attach(ctx, fmt.Sprintf("children.%d", i), ref, block.RoleData)
+		c, err := o.Attach(ctx, childName(i), ref, block.RoleData)
 		if err != nil {
 			return nil, err
 		}
-		q.children = append(q.children, c)
+		cs = append(cs, c)
 	}
+	q.children.Store(&cs)
+	q.next = n
 	return q, nil
 }
 
@@ -97,7 +109,12 @@ func Of(n *block.Node) (*Quorum, bool) {
 }
 
 // Children are the child edges, children.0 first.
-func (q *Quorum) Children() []*block.Child { return append([]*block.Child(nil), q.children...) }
+func (q *Quorum) Children() []*block.Child { return slices.Clone(q.kids()) }
+
+// kids is the current set of children; the slice must not be changed.
+func (q *Quorum) kids() []*block.Child { return *q.children.Load() }
+
+func childName(i int) string { return fmt.Sprintf("children.%d", i) }
 
 // Threshold is the vote threshold.
 func (q *Quorum) Threshold() int { return q.threshold }
@@ -121,7 +138,7 @@ func (q *Quorum) ChildPerm(c *block.Child, perm, shared block.Perm) (block.Perm,
 // discards are not passed on (as in QEMU), nor is FUA.
 func (q *Quorum) Caps() block.Caps {
 	c := block.Caps{Zero: true, BlockStatus: true}
-	for _, ch := range q.children {
+	for _, ch := range q.kids() {
 		cc := ch.Node().Caps()
 		c.Zero = c.Zero && cc.Zero
 		l := cc.Limits
@@ -136,8 +153,9 @@ func (q *Quorum) Caps() block.Caps {
 
 // Size is the children's size; they must all have the same.
 func (q *Quorum) Size(ctx context.Context) (int64, error) {
-	size := q.children[0].Size()
-	for _, c := range q.children[1:] {
+	cs := q.kids()
+	size := cs[0].Size()
+	for _, c := range cs[1:] {
 		if c.Size() != size {
 			return 0, block.Errorf(block.ErrInvalid, "Could not refresh total sector count: %w", block.ErrnoError(syscall.EIO))
 		}
@@ -211,11 +229,11 @@ func voteError(errs []error) error {
 	return block.ErrnoError(best)
 }
 
-// each runs fn for every child in parallel and returns the errors.
-func (q *Quorum) each(fn func(i int, c *block.Child) error) []error {
-	errs := make([]error, len(q.children))
+// each runs fn for every child of cs in parallel and returns the errors.
+func each(cs []*block.Child, fn func(i int, c *block.Child) error) []error {
+	errs := make([]error, len(cs))
 	var wg sync.WaitGroup
-	for i, c := range q.children {
+	for i, c := range cs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -236,7 +254,7 @@ func (q *Quorum) ReadAt(ctx context.Context, p []byte, off int64, fl block.Flags
 // readFIFO reads the children in order until one succeeds.
 func (q *Quorum) readFIFO(ctx context.Context, p []byte, off int64, fl block.Flags) error {
 	var err error
-	for _, c := range q.children {
+	for _, c := range q.kids() {
 		if err = c.ReadAt(ctx, p, off, fl); err == nil {
 			return nil
 		}
@@ -255,8 +273,9 @@ type version struct {
 // readQuorum reads every child and votes.
 func (q *Quorum) readQuorum(ctx context.Context, p []byte, off int64, fl block.Flags) error {
 	n := int64(len(p))
-	bufs := make([][]byte, len(q.children))
-	errs := q.each(func(i int, c *block.Child) error {
+	cs := q.kids()
+	bufs := make([][]byte, len(cs))
+	errs := each(cs, func(i int, c *block.Child) error {
 		bufs[i] = make([]byte, len(p))
 		return c.ReadAt(ctx, bufs[i], off, fl)
 	})
@@ -264,7 +283,7 @@ func (q *Quorum) readQuorum(ctx context.Context, p []byte, off int64, fl block.F
 	first := -1
 	for i, err := range errs {
 		if err != nil {
-			q.reportBad("read", q.children[i], off, n, err)
+			q.reportBad("read", cs[i], off, n, err)
 			continue
 		}
 		ok++
@@ -341,7 +360,7 @@ func (q *Quorum) readQuorum(ctx context.Context, p []byte, off int64, fl block.F
 		}
 	}
 	for _, i := range bad {
-		q.reportBad("read", q.children[i], off, n, nil)
+		q.reportBad("read", cs[i], off, n, nil)
 	}
 	if q.rewrite {
 		// A repair attempt: errors are ignored, the read has its data.
@@ -350,8 +369,8 @@ func (q *Quorum) readQuorum(ctx context.Context, p []byte, off int64, fl block.F
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if err := q.children[i].WriteAt(ctx, win.data, off, 0); err != nil {
-					q.log.WithError(err).Warnf("quorum: rewriting %s", q.children[i].Node().Name())
+				if err := cs[i].WriteAt(ctx, win.data, off, 0); err != nil {
+					q.log.WithError(err).Warnf("quorum: rewriting %s", cs[i].Node().Name())
 				}
 			}()
 		}
@@ -370,13 +389,13 @@ func mismatch(a, b []byte) int {
 	return -1
 }
 
-// written finishes a request that went to every child: failures are
-// reported, and the request fails unless enough children succeeded.
-func (q *Quorum) written(errs []error, off, n int64) error {
+// written finishes a request that went to every child of cs: failures
+// are reported, and the request fails unless enough children succeeded.
+func (q *Quorum) written(cs []*block.Child, errs []error, off, n int64) error {
 	ok := 0
 	for i, err := range errs {
 		if err != nil {
-			q.reportBad("write", q.children[i], off, n, err)
+			q.reportBad("write", cs[i], off, n, err)
 			continue
 		}
 		ok++
@@ -389,13 +408,15 @@ func (q *Quorum) written(errs []error, off, n int64) error {
 }
 
 func (q *Quorum) WriteAt(ctx context.Context, p []byte, off int64, fl block.Flags) error {
-	return q.written(q.each(func(i int, c *block.Child) error {
+	cs := q.kids()
+	return q.written(cs, each(cs, func(i int, c *block.Child) error {
 		return c.WriteAt(ctx, p, off, fl)
 	}), off, int64(len(p)))
 }
 
 func (q *Quorum) Zero(ctx context.Context, off, n int64, fl block.Flags) error {
-	return q.written(q.each(func(i int, c *block.Child) error {
+	cs := q.kids()
+	return q.written(cs, each(cs, func(i int, c *block.Child) error {
 		return c.Zero(ctx, off, n, fl)
 	}), off, n)
 }
@@ -407,9 +428,10 @@ func (q *Quorum) Discard(ctx context.Context, off, n int64) error { return nil }
 // Flush flushes every child; it fails only if fewer than the threshold
 // succeed.
 func (q *Quorum) Flush(ctx context.Context) error {
-	errs := make([]error, len(q.children))
+	cs := q.kids()
+	errs := make([]error, len(cs))
 	ok := 0
-	for i, c := range q.children {
+	for i, c := range cs {
 		if errs[i] = c.Flush(ctx); errs[i] != nil {
 			q.reportBad("flush", c, 0, 0, errs[i])
 			continue
@@ -428,7 +450,7 @@ func (q *Quorum) Flush(ctx context.Context) error {
 // the shortest child's, data extents as long as the longest's.
 func (q *Quorum) BlockStatus(ctx context.Context, off, n int64) (block.Extent, error) {
 	zeroLen, dataLen := n, int64(0)
-	for _, c := range q.children {
+	for _, c := range q.kids() {
 		st, err := block.StatusAbove(ctx, c.Node(), nil, off, n)
 		if err != nil {
 			q.reportBad("read", c, off, n, err)
@@ -459,7 +481,7 @@ func (q *Quorum) Close() error { return nil }
 // mirror with 'replaces' repairs); a node further below only if a child
 // vouches for it. Call under the graph lock.
 func (q *Quorum) CanReplace(to *block.Node) bool {
-	for _, c := range q.children {
+	for _, c := range q.kids() {
 		if c.Node() == to {
 			ps := to.Parents()
 			return len(ps) == 1 && ps[0] == c
