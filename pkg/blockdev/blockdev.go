@@ -128,6 +128,7 @@ func (s *Server) handlers() map[string]qmp.Handler {
 		"qom-list-types":            qmp.Command(s.qomListTypes),
 		"qom-list-properties":       qmp.Command(s.qomListProperties),
 		"x-blockdev-change":         qmp.Command(s.xBlockdevChange),
+		"x-blockdev-amend":          qmp.Command(s.xBlockdevAmend),
 	}
 	for name, h := range s.Chardevs.Handlers() {
 		m[name] = h

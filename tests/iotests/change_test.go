@@ -188,3 +188,95 @@ func TestBlockdevChangeData(t *testing.T) {
 		}
 	}
 }
+
+// TestBlockdevAmend replays qsd 7.2's answers to x-blockdev-amend: the
+// checks before a job exists, then an "amend" job (not a block job) that
+// succeeds for a qcow2 node without encrypt and fails, as qsd does for an
+// image without encryption, with it. The image is left as it was.
+func TestBlockdevAmend(t *testing.T) {
+	d := start(t)
+	img := d.Path("x.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "1M")
+	mkRaw(t, d.Path("r.raw"), "1M")
+	d.Cmd("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "qc", "file": map[string]any{"driver": "file", "node-name": "qf", "filename": img}})
+	d.Cmd("blockdev-add", map[string]any{"driver": "raw", "node-name": "r", "file": map[string]any{"driver": "file", "node-name": "rf", "filename": d.Path("r.raw")}})
+	d.ClearHistory()
+
+	for _, tt := range []struct {
+		name, err string
+		args      map[string]any
+	}{
+		{"raw node", "Driver does not support x-blockdev-amend", map[string]any{"node-name": "r", "options": map[string]any{"driver": "raw"}}},
+		{"file node", "Driver does not support x-blockdev-amend", map[string]any{"node-name": "rf", "options": map[string]any{"driver": "file"}}},
+		{"unknown node", "Cannot find device='' nor node-name='nope'", map[string]any{"node-name": "nope", "options": map[string]any{"driver": "qcow2"}}},
+		{"unknown node before a bad job id", "Cannot find device='' nor node-name='nope'", map[string]any{"job-id": "#x", "node-name": "nope", "options": map[string]any{"driver": "qcow2"}}},
+		{"another driver", "x-blockdev-amend doesn't support changing the block driver", map[string]any{"node-name": "qc", "options": map[string]any{"driver": "raw"}}},
+		{"qcow2 options for a file node", "x-blockdev-amend doesn't support changing the block driver", map[string]any{"node-name": "qf", "options": map[string]any{"driver": "qcow2"}}},
+		{"luks", "x-blockdev-amend doesn't support changing the block driver", map[string]any{"node-name": "qc", "options": map[string]any{"driver": "luks", "state": "active"}}},
+		{"a driver qsd lacks", "Block driver 'blkreplay' not found or not supported", map[string]any{"node-name": "qc", "options": map[string]any{"driver": "blkreplay"}}},
+		{"bad driver", "Parameter 'driver' does not accept value 'bogus'", map[string]any{"node-name": "qc", "options": map[string]any{"driver": "bogus"}}},
+		{"no driver", "Parameter 'options.driver' is missing", map[string]any{"node-name": "qc", "options": map[string]any{}}},
+		{"options not an object", "Invalid parameter type for 'options', expected: object", map[string]any{"node-name": "qc", "options": 5}},
+		{"unexpected member", "Parameter 'options.foo' is unexpected", map[string]any{"node-name": "qc", "options": map[string]any{"driver": "qcow2", "foo": 1}}},
+		{"encrypt without format", "Parameter 'options.encrypt.format' is missing", map[string]any{"node-name": "qc", "options": map[string]any{"driver": "qcow2", "encrypt": map[string]any{}}}},
+		{"encrypt format aes", "Parameter 'format' does not accept value 'aes'", map[string]any{"node-name": "qc", "options": map[string]any{"driver": "qcow2", "encrypt": map[string]any{"format": "aes"}}}},
+		{"luks encrypt without state", "Parameter 'options.encrypt.state' is missing", map[string]any{"node-name": "qc", "options": map[string]any{"driver": "qcow2", "encrypt": map[string]any{"format": "luks"}}}},
+		{"qcow encrypt with a member", "Parameter 'options.encrypt.x' is unexpected", map[string]any{"node-name": "qc", "options": map[string]any{"driver": "qcow2", "encrypt": map[string]any{"format": "qcow", "x": 1}}}},
+		{"luks driver without state", "Parameter 'options.state' is missing", map[string]any{"job-id": "#x", "node-name": "qc", "options": map[string]any{"driver": "luks"}}},
+		{"bad job id", "Invalid job ID '#x'", map[string]any{"job-id": "#x", "node-name": "qc", "options": map[string]any{"driver": "qcow2"}}},
+	} {
+		args := map[string]any{"job-id": "a0"}
+		for k, v := range tt.args {
+			args[k] = v
+		}
+		d.MustFail("x-blockdev-amend", args, "GenericError", tt.err)
+	}
+	if jobs := queryJobs(d); len(jobs) != 0 {
+		t.Errorf("jobs after refused amends: %v", jobs)
+	}
+
+	// Without encrypt: a job that succeeds and stays until job-dismiss.
+	d.Cmd("x-blockdev-amend", map[string]any{"job-id": "a1", "node-name": "qc", "options": map[string]any{"driver": "qcow2"}, "force": true})
+	waitConcluded(t, d, "a1")
+	if j := queryJobs(d)["a1"]; j.Type != "amend" || j.CurrentProgress != 1 || j.TotalProgress != 1 || j.Error != "" {
+		t.Errorf("amend job %+v", j)
+	}
+	if got := string(d.Cmd("query-block-jobs", nil)); got != "[]" {
+		t.Errorf("query-block-jobs shows an amend job: %s", got)
+	}
+	d.MustFail("x-blockdev-amend", map[string]any{"job-id": "a1", "node-name": "qc", "options": map[string]any{"driver": "qcow2"}}, "GenericError", "Job ID 'a1' already in use")
+	d.Cmd("job-dismiss", map[string]any{"id": "a1"})
+	waitStatus(t, d, "a1", "null")
+
+	// With encrypt, on an image without encryption: the job fails.
+	for i, enc := range []map[string]any{{"format": "luks", "state": "active", "new-secret": "s"}, {"format": "qcow"}} {
+		id := fmt.Sprintf("e%d", i)
+		d.Cmd("x-blockdev-amend", map[string]any{"job-id": id, "node-name": "qc", "options": map[string]any{"driver": "qcow2", "encrypt": enc}})
+		waitConcluded(t, d, id)
+		if j := queryJobs(d)[id]; j.Type != "amend" || j.CurrentProgress != 1 || j.TotalProgress != 1 || j.Error != "image is not encrypted, can't amend" {
+			t.Errorf("amend job with encrypt %+v", j)
+		}
+		d.Cmd("job-dismiss", map[string]any{"id": id})
+		waitStatus(t, d, id, "null")
+	}
+	ev := d.History()
+	for id, want := range map[string]string{
+		"a1": `["created","running","waiting","pending","concluded","null"]`,
+		"e0": `["created","running","aborting","concluded","null"]`,
+		"e1": `["created","running","aborting","concluded","null"]`,
+	} {
+		if got, _ := json.Marshal(statuses(ev, id)); string(got) != want {
+			t.Errorf("%s: status changes %s, want %s", id, got, want)
+		}
+	}
+	for _, e := range ev {
+		if strings.HasPrefix(e.Event, "BLOCK_JOB_") {
+			t.Errorf("block job event for an amend job: %+v", e)
+		}
+	}
+	d.Quit()
+	run(t, "qemu-img", "check", "-q", img)
+	if out := run(t, "qemu-img", "info", "--output=json", img); strings.Contains(out, "encrypt") {
+		t.Errorf("image gained encryption: %s", out)
+	}
+}
