@@ -232,3 +232,61 @@ func TestChangeUnderIO(t *testing.T) {
 		t.Errorf("children: %s", got)
 	}
 }
+
+// TestChangeAbort checks that a change aborted after the quorum took it
+// (as when a later step of the same transaction fails) puts everything
+// back: the edges and their order, the set that votes, the next index,
+// the capabilities, and an inline child that would have been closed.
+func TestChangeAbort(t *testing.T) {
+	ctx := context.Background()
+	g, r, _ := setup(t, []string{"c0", "c1"}, `,"vote-threshold":1`)
+	blocktest.Open(t, g, fmt.Sprintf(`{"driver":"blocktest-mem","node-name":"n","size":%d,"align":4096}`, size))
+	tx := g.Begin()
+	q := g.Lookup("q")
+	if err := tx.AddChild(q, g.Lookup("n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.DeleteChild(q, q.ChildNamed("children.0")); err != nil {
+		t.Fatal(err)
+	}
+	if a := q.Caps().Limits.RequestAlign; a != 4096 {
+		t.Errorf("alignment inside the change %d", a)
+	}
+	tx.Abort()
+	if got := edges(g, "q"); got != "children.0=c0 children.1=c1" {
+		t.Errorf("children after abort: %s", got)
+	}
+	if a := q.Caps().Limits.RequestAlign; a != 1 {
+		t.Errorf("alignment after abort %d", a)
+	}
+	// Writes reach exactly the old set.
+	if err := r.WriteAt(ctx, pattern(9, 4096), 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := content(t, g, "n", 0, 4096); bytes.Equal(got, pattern(9, 4096)) {
+		t.Errorf("the aborted child got the write")
+	}
+	if err := change(g, "q", "+n"); err != nil || edges(g, "q") != "children.0=c0 children.1=c1 children.2=n" {
+		t.Errorf("after abort, the next child is %s (%v)", edges(g, "q"), err)
+	}
+
+	// An inline child removed in an aborted change stays open.
+	blocktest.Open(t, g, fmt.Sprintf(`{"driver":"quorum","node-name":"q2","vote-threshold":1,"children":[{"driver":"blocktest-mem","node-name":"inl","size":%d},{"driver":"blocktest-mem","node-name":"inl2","size":%d}]}`, size, size))
+	tx = g.Begin()
+	q2 := g.Lookup("q2")
+	if err := tx.DeleteChild(q2, q2.ChildNamed("children.0")); err != nil {
+		t.Fatal(err)
+	}
+	tx.Abort()
+	if got := edges(g, "q2"); got != "children.0=inl children.1=inl2" {
+		t.Errorf("q2 children after abort: %s", got)
+	}
+	if err := change(g, "q2", "-children.0"); err != nil {
+		t.Fatal(err)
+	}
+	g.Lock()
+	defer g.Unlock()
+	if g.Lookup("inl") != nil {
+		t.Errorf("the removed inline child is still in the graph")
+	}
+}
