@@ -67,6 +67,13 @@ var fuzzCommandSeeds = [][][2]string{
 		{"blockdev-add", `{"driver": "quorum", "node-name": "q", "vote-threshold": 1, "children": ["disk", {"driver": "null-co", "size": 1048576}]}`},
 	},
 	{
+		{"blockdev-add", `{"driver": "quorum", "node-name": "q", "vote-threshold": 1, "children": [{"driver": "null-co", "size": 1048576}]}`},
+		{"blockdev-add", `{"driver": "null-co", "node-name": "n2", "size": 1048576}`},
+		{"x-blockdev-change", `{"parent": "q", "node": "n2"}`},
+		{"x-blockdev-change", `{"parent": "q", "child": "children.0"}`},
+		{"x-blockdev-amend", `{"job-id": "a", "node-name": "top", "options": {"driver": "qcow2", "encrypt": {"format": "luks", "state": "active"}}}`},
+	},
+	{
 		{"object-add", `{"qom-type": "throttle-group", "id": "tg", "limits": {"iops-total": 1000}}`},
 		{"blockdev-add", `{"driver": "throttle", "node-name": "t", "throttle-group": "tg", "file": "disk"}`},
 		{"qom-get", `{"path": "/objects/tg", "property": "limits"}`},
