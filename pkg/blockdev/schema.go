@@ -97,6 +97,23 @@ func declareSchema(q *qmp.Server) {
 	})
 
 	chardev.DeclareSchema(q)
+	q.DeclareType(reflect.TypeFor[AmendOptions](), qmp.Union{
+		Name: "BlockdevAmendOptions", Base: reflect.TypeFor[struct {
+			Driver qcow2.DriverName `json:"driver"`
+		}](), Tag: "driver",
+		Variants: fixed([]qmp.Variant{
+			{Case: "qcow2", Type: reflect.TypeFor[struct {
+				Encrypt *cryptoAmend `json:"encrypt,omitempty"`
+			}]()},
+			{Case: "luks", Type: reflect.TypeFor[qcow2.LUKSAmendOptions]()},
+		}),
+	})
+	q.DeclareType(reflect.TypeFor[cryptoAmend](), qmp.Union{
+		Name: "QCryptoBlockAmendOptions", Base: reflect.TypeFor[struct {
+			Format qcow2.CryptoFormat `json:"format"`
+		}](), Tag: "format",
+		Variants: fixed([]qmp.Variant{{Case: "luks", Type: reflect.TypeFor[qcow2.LUKSAmendOptions]()}}),
+	})
 
 	str, null := reflect.TypeFor[string](), reflect.TypeFor[qmp.Null]()
 	opts := reflect.TypeFor[BlockdevOptions]()
