@@ -85,7 +85,8 @@ func TestQemuImagesReadAndWrite(t *testing.T) {
 	}
 }
 
-func testInterop(t *testing.T, tc interopCase) {
+// makeInteropImage makes the image of a case with qemu-img and qemu-io.
+func makeInteropImage(t *testing.T, tc interopCase) string {
 	dir := t.TempDir()
 	size := max(20*tc.cs, 4<<20)
 	p := filepath.Join(dir, "top.qcow2")
@@ -138,6 +139,11 @@ func testInterop(t *testing.T, tc interopCase) {
 			t.Logf("image not dirty? %s", info)
 		}
 	}
+	return p
+}
+
+func testInterop(t *testing.T, tc interopCase) {
+	p := makeInteropImage(t, tc)
 	want := rawContents(t, p)
 	var snap []byte
 	if tc.snapshot {

@@ -75,7 +75,8 @@ type image struct {
 	rbSet       map[int64]struct{}
 	spans       []span // other metadata: header, L1, refcount table, snapshots, bitmaps
 	snapshots   []snapshot
-	signaled    bool // a corruption event was sent
+	snapBytes   int64 // the snapshot table's size in the file
+	signaled    bool  // a corruption event was sent
 
 	stopClean chan struct{}
 	cleanDone chan struct{}
@@ -85,12 +86,6 @@ type image struct {
 type span struct {
 	off, end int64
 	what     string
-}
-
-// snapshot is what the driver needs of an internal snapshot.
-type snapshot struct {
-	l1Offset int64
-	l1Size   int64
 }
 
 type freeKind int
@@ -350,42 +345,6 @@ func (q *image) readTable(ctx context.Context, off, n int64) ([]uint64, error) {
 		t[i] = binary.BigEndian.Uint64(buf[i*8:])
 	}
 	return t, nil
-}
-
-// loadSnapshots reads the snapshot table: where each snapshot's L1 table
-// is, for the overlap checks and the refcount rebuild.
-func (q *image) loadSnapshots(ctx context.Context) error {
-	h := &q.hdr
-	off := int64(h.snapshotsOffset)
-	start := off
-	var fixed [40]byte
-	for i := uint32(0); i < h.nbSnapshots; i++ {
-		if err := q.file.ReadAt(ctx, fixed[:], off, 0); err != nil {
-			return q.ioError("read", err)
-		}
-		s := snapshot{l1Offset: int64(be64(fixed[0:])), l1Size: int64(be32(fixed[8:]))}
-		idLen := int64(binary.BigEndian.Uint16(fixed[12:]))
-		nameLen := int64(binary.BigEndian.Uint16(fixed[14:]))
-		extra := int64(be32(fixed[36:]))
-		if extra > 1024 {
-			return errHeader(block.ErrCorrupt, "Too much extra metadata in snapshot table entry %d", i)
-		}
-		if s.l1Size > maxL1Bytes/8 {
-			return errHeader(block.ErrCorrupt, "Snapshot L1 table too large")
-		}
-		if !q.validTableOffset(uint64(s.l1Offset), uint64(s.l1Size), 8) {
-			return errHeader(block.ErrCorrupt, "Snapshot L1 table offset invalid")
-		}
-		q.snapshots = append(q.snapshots, s)
-		off += alignUp(40+extra+idLen+nameLen, 8)
-		if off-start > 64<<20 {
-			return errHeader(block.ErrCorrupt, "Snapshot table too large")
-		}
-	}
-	if h.nbSnapshots > 0 {
-		q.spans = append(q.spans, span{start, off, "snapshot table"})
-	}
-	return nil
 }
 
 // buildMetaSets records where the metadata lives, for the overlap checks.
