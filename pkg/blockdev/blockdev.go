@@ -129,6 +129,9 @@ func (s *Server) handlers() map[string]qmp.Handler {
 		"qom-list-properties":       qmp.Command(s.qomListProperties),
 		"x-blockdev-change":         qmp.Command(s.xBlockdevChange),
 		"x-blockdev-amend":          qmp.Command(s.xBlockdevAmend),
+
+		"blockdev-snapshot-internal-sync":        qmp.Command(s.blockdevSnapshotInternalSync),
+		"blockdev-snapshot-delete-internal-sync": qmp.Command(s.blockdevSnapshotDeleteInternalSync),
 	}
 	for name, h := range s.Chardevs.Handlers() {
 		m[name] = h

@@ -20,6 +20,7 @@ type ImageInfo struct {
 	BackingFilename       string         `json:"backing-filename,omitempty"`
 	FullBackingFilename   string         `json:"full-backing-filename,omitempty"`
 	BackingFilenameFormat string         `json:"backing-filename-format,omitempty"`
+	Snapshots             []SnapshotInfo `json:"snapshots,omitempty"`
 	BackingImage          *ImageInfo     `json:"backing-image,omitempty"`
 	FormatSpecific        map[string]any `json:"format-specific,omitempty"`
 }
@@ -104,6 +105,7 @@ func imageInfo(ctx context.Context, n *block.Node, nested bool) *ImageInfo {
 		VirtualSize: n.Size(),
 		ActualSize:  actualSize(n),
 		DirtyFlag:   dirtyFlag(ctx, n),
+		Snapshots:   nodeSnapshots(ctx, n),
 	}
 	if inf, ok := n.Impl().(block.Infoer); ok {
 		x := inf.ImageInfo(ctx)

@@ -268,6 +268,12 @@ func (s *Server) transaction(ctx context.Context, a *transactionArgs) (empty, er
 				return empty{}, err
 			}
 			acts = append(acts, x)
+		case "blockdev-snapshot-internal-sync":
+			x := &internalSnapshotAction{grouped: a.Properties != nil && a.Properties.CompletionMode != nil && *a.Properties.CompletionMode == "grouped"}
+			if err := qmp.Decode(args(ta.Data), path, &x.a); err != nil {
+				return empty{}, err
+			}
+			acts = append(acts, x)
 		case "blockdev-snapshot-sync":
 			x := &snapshotSyncAction{}
 			if err := qmp.Decode(args(ta.Data), path, &x.a); err != nil {

@@ -70,6 +70,16 @@
 //     one write of the header that names the new backing, which is
 //     flushed too; the extension area is rebuilt from the cluster on
 //     disk, so extensions of other tools survive.
+//   - Internal snapshots (create, delete): the refcounts, the COPIED flags
+//     of the active tables and the snapshot table must change together,
+//     since qemu-img check counts any disagreement of a COPIED flag with
+//     its refcount as corruption. The changed refcount blocks, a new
+//     refcount table, the L2 tables whose flags change, a new active L1
+//     table and a new snapshot table are written as copies past the end of
+//     the file and flushed; one write of the header fields from l1_size to
+//     snapshots_offset switches to them (see snapshot_txn.go). The old
+//     copies become free only in the new version: a crash leaks them at
+//     most.
 //
 // With lazy refcounts the dirty bit is set (and flushed) before the first
 // metadata change; refcount blocks and L2 tables are then written without
