@@ -168,3 +168,58 @@ func (w *crashWriter) stop() map[int]byte {
 	defer w.mu.Unlock()
 	return w.confirmed
 }
+
+// TestCrashInternalSnapshots kills blockd at seeded points while it takes
+// and deletes internal snapshots of the top image in a loop under the NBD
+// writer (issue 12): qemu-img check may find leaked clusters only, every
+// listed snapshot reads back, and the flushed writes are there.
+func TestCrashInternalSnapshots(t *testing.T) {
+	skipOnQSD(t, "the campaign kills blockd")
+	points, seed := envInt("CRASH_POINTS", 2), envInt("CRASH_SEED", 1)
+	rng := rand.New(rand.NewPCG(uint64(seed), 12))
+	for p := range points {
+		delay := time.Duration(rng.Int64N(int64(1200 * time.Millisecond)))
+		t.Run(fmt.Sprintf("seed=%d/point=%d", seed, p), func(t *testing.T) { crashSnapshotsOnce(t, delay) })
+	}
+}
+
+func crashSnapshotsOnce(t *testing.T, delay time.Duration) {
+	d := start(t)
+	mkChain(t, d.Dir)
+	addChain(t, d, nil)
+	sock := shortSock(t, "nbd")
+	d.Cmd("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
+	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "top", "writable": true})
+	w := startCrashWriter(nbdURI(sock, "top"))
+	ops := make(chan int)
+	go func() {
+		n := 0
+		defer func() { ops <- n }()
+		for ; ; n++ {
+			if _, err := d.Try("blockdev-snapshot-internal-sync", map[string]any{"device": "top", "name": fmt.Sprint("s", n)}); err != nil {
+				return
+			}
+			if n >= 2 {
+				if _, err := d.Try("blockdev-snapshot-delete-internal-sync", map[string]any{"device": "top", "name": fmt.Sprint("s", n-2)}); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	time.Sleep(delay)
+	d.cmd.Process.Signal(syscall.SIGKILL)
+	<-d.done
+	confirmed := w.stop()
+	t.Logf("killed %v after the start, after %d snapshots; %d writes confirmed", delay, <-ops, len(confirmed))
+	img := d.Path("top.qcow2")
+	out, err := runErr("qemu-img", "check", img)
+	if ex, ok := err.(*exec.ExitError); err != nil && !(ok && ex.ExitCode() == 3) {
+		t.Fatalf("qemu-img check after kill -9 at %v: %v\n%s", delay, err, out)
+	}
+	for _, line := range strings.Split(run(t, "qemu-img", "snapshot", "-U", "-l", img), "\n") {
+		if f := strings.Fields(line); len(f) > 2 && strings.HasPrefix(f[1], "s") {
+			run(t, "qemu-img", "convert", "-U", "-l", "snapshot.name="+f[1], "-O", "raw", img, d.Path("snap.raw"))
+		}
+	}
+	checkCrashData(t, img, confirmed)
+}

@@ -3,13 +3,20 @@ package qcow2
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 
 	"github.com/blockd/blockd/pkg/block"
+	"github.com/blockd/blockd/pkg/block/blocktest"
 )
 
 // TestSnapshotInterop takes, uses and deletes internal snapshots on every
@@ -118,4 +125,166 @@ func testSnapshotInterop(t *testing.T, tc interopCase) {
 	if list := qemuImg(t, "snapshot", "-l", p); strings.TrimSpace(list) != "" {
 		t.Errorf("snapshots left:\n%s", list)
 	}
+}
+
+// crashMem is the fuzz tests' memory file with a budget of writes: once
+// it is spent every change fails, so its bytes are what a process killed
+// before that write would have left.
+type crashMemOptions struct {
+	Key    string `json:"key"`
+	Budget int64  `json:"budget"`
+}
+
+type crashMem struct {
+	*fuzzMem
+	budget atomic.Int64
+}
+
+var crashMems sync.Map // key -> *crashMem
+
+func openCrashMem(ctx context.Context, o *block.Opener, opts *crashMemOptions) (block.Impl, error) {
+	v, ok := fuzzImages.Load(opts.Key)
+	if !ok {
+		return nil, fmt.Errorf("no image %q", opts.Key)
+	}
+	m := &crashMem{fuzzMem: &fuzzMem{data: slices.Clone(v.([]byte)), limit: fuzzLimit}}
+	m.budget.Store(opts.Budget)
+	crashMems.Store(opts.Key, m)
+	return m, nil
+}
+
+func (m *crashMem) spend() error {
+	if m.budget.Add(-1) < 0 {
+		return fmt.Errorf("crashed: %w", syscall.EIO)
+	}
+	return nil
+}
+
+func (m *crashMem) WriteAt(ctx context.Context, p []byte, off int64, f block.Flags) error {
+	if err := m.spend(); err != nil {
+		return err
+	}
+	return m.fuzzMem.WriteAt(ctx, p, off, f)
+}
+
+func (m *crashMem) Zero(ctx context.Context, off, n int64, f block.Flags) error {
+	if err := m.spend(); err != nil {
+		return err
+	}
+	return m.fuzzMem.Zero(ctx, off, n, f)
+}
+
+func (m *crashMem) Discard(ctx context.Context, off, n int64) error {
+	if err := m.spend(); err != nil {
+		return err
+	}
+	return m.fuzzMem.Discard(ctx, off, n)
+}
+
+func (m *crashMem) Truncate(ctx context.Context, size int64, exact bool) error {
+	if err := m.spend(); err != nil {
+		return err
+	}
+	return m.fuzzMem.Truncate(ctx, size, exact)
+}
+
+func init() {
+	block.Register("qcow2-crash-mem", block.KindProtocol, openCrashMem)
+}
+
+// TestSnapshotCrashPoints stops the file's writes at every point of a
+// snapshot create and delete in turn: each image left must be clean but
+// for leaks in qemu-img check, list the old or the new snapshots, and
+// read the same, as must a snapshot it lists.
+func TestSnapshotCrashPoints(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "a.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", p, "4M")
+	qemuIO(t, p, "write -P 1 0 1M", "write -c -P 2 1M 64k")
+	qemuImg(t, "snapshot", "-c", "s1", p)
+	qemuIO(t, p, "write -P 3 512k 1M")
+	want := rawContents(t, p)
+	img, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops := []struct {
+		name        string
+		run         func(sn block.InternalSnapshotter) error
+		before, now string
+	}{
+		{"create", func(sn block.InternalSnapshotter) error {
+			_, err := sn.CreateInternalSnapshot(context.Background(), block.InternalSnapshot{Name: "n1"})
+			return err
+		}, "s1", "s1 n1"},
+		{"delete", func(sn block.InternalSnapshotter) error {
+			return sn.DeleteInternalSnapshot(context.Background(), "1", "s1")
+		}, "s1", ""},
+	}
+	for _, op := range ops {
+		t.Run(op.name, func(t *testing.T) {
+			for budget := int64(0); ; budget++ {
+				if budget > 500 {
+					t.Fatal("no success after 500 writes")
+				}
+				left, err := crashAt(t, img, budget, op.run)
+				out := filepath.Join(t.TempDir(), "left.qcow2")
+				if werr := os.WriteFile(out, left, 0o644); werr != nil {
+					t.Fatal(werr)
+				}
+				r := qemuCheck(t, out, err != nil)
+				var names []string
+				for _, line := range strings.Split(qemuImg(t, "snapshot", "-l", out), "\n") {
+					if f := strings.Fields(line); len(f) > 2 && f[0] != "ID" {
+						names = append(names, f[1])
+					}
+				}
+				got := strings.Join(names, " ")
+				if got != op.before && got != op.now || err == nil && got != op.now {
+					t.Fatalf("write %d (op error %v): snapshots %q, want %q or %q", budget, err, got, op.before, op.now)
+				}
+				if d := firstDiff(rawContents(t, out), want); d != "" {
+					t.Fatalf("write %d: active image: %s", budget, d)
+				}
+				if strings.Contains(got, "n1") {
+					if d := firstDiff(snapshotContents(t, out, "n1"), want); d != "" {
+						t.Fatalf("write %d: snapshot n1: %s", budget, d)
+					}
+				}
+				if err == nil {
+					if r.Leaks != 0 {
+						t.Fatalf("leaks after a completed %s: %+v", op.name, r)
+					}
+					t.Logf("%s: %d crash points", op.name, budget)
+					break
+				}
+			}
+		})
+	}
+}
+
+// crashAt runs op on img with a budget of writes and returns the bytes
+// left and op's error.
+func crashAt(t *testing.T, img []byte, budget int64, op func(block.InternalSnapshotter) error) ([]byte, error) {
+	key := strconv.FormatInt(fuzzKeys.Add(1), 10)
+	fuzzImages.Store(key, img)
+	defer fuzzImages.Delete(key)
+	defer crashMems.Delete(key)
+	g := newGraph()
+	if _, err := blocktest.TryOpen(g, fmt.Sprintf(`{"driver":"qcow2-crash-mem","node-name":"m","key":%q,"budget":%d}`, key, budget)); err != nil {
+		t.Fatal(err)
+	}
+	n, err := blocktest.TryOpen(g, `{"driver":"qcow2","node-name":"q","file":"m","backing":null,"cache-clean-interval":0}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opErr := op(n.Impl().(block.InternalSnapshotter))
+	tx := g.Begin()
+	_ = tx.Delete("q")
+	_ = tx.Delete("m")
+	_ = tx.Commit()
+	v, _ := crashMems.Load(key)
+	m := v.(*crashMem)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.data), opErr
 }
