@@ -177,6 +177,7 @@ func exerciseImage(t testing.TB, data []byte, rw bool) {
 	}
 	_ = r.Flush(ctx)
 	_ = r.WriteAt(ctx, []byte("after flush"), 100, 0)
+	exerciseSnapshots(ctx, n)
 	if size < 1<<30 {
 		_ = r.Truncate(ctx, size+1<<20, true)
 	}
@@ -184,6 +185,20 @@ func exerciseImage(t testing.TB, data []byte, rw bool) {
 }
 
 var fuzzData = pattern(1, 9000)
+
+// exerciseSnapshots takes a snapshot, deletes the image's first one and
+// the new one: each walks every table of the trees it touches.
+func exerciseSnapshots(ctx context.Context, n *block.Node) {
+	sn := n.Impl().(block.InternalSnapshotter)
+	list, _ := sn.InternalSnapshots(ctx)
+	made, err := sn.CreateInternalSnapshot(ctx, block.InternalSnapshot{Name: "fuzz"})
+	if len(list) > 0 {
+		_ = sn.DeleteInternalSnapshot(ctx, list[0].ID, list[0].Name)
+	}
+	if err == nil {
+		_ = sn.DeleteInternalSnapshot(ctx, made.ID, made.Name)
+	}
+}
 
 // fuzzSeeds returns small images made by qemu-img and blockd: the first
 // clusters of the file hold header, tables and some data.

@@ -288,3 +288,41 @@ func crashAt(t *testing.T, img []byte, budget int64, op func(block.InternalSnaps
 	defer m.mu.Unlock()
 	return slices.Clone(m.data), opErr
 }
+
+// TestSnapshotLimits: a snapshot that would make the table hold more than
+// 65536 snapshots or 64 MiB is refused with EFBIG before anything is
+// written.
+func TestSnapshotLimits(t *testing.T) {
+	ctx := context.Background()
+	p := filepath.Join(t.TempDir(), "a.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", p, "1M")
+	qemuIO(t, p, "write -P 1 0 64k")
+	qemuImg(t, "snapshot", "-c", "s1", p)
+	g := newGraph()
+	n, r := openImage(t, g, "q", p, nil)
+	q := n.Impl().(*image)
+	// The largest entry there can be: 64 KiB - 1 of ID and of name.
+	big := snapshot{l1Offset: q.snapshots[0].l1Offset, l1Size: q.snapshots[0].l1Size,
+		raw: encodeSnapshot(q.snapshots[0].l1Offset, q.snapshots[0].l1Size,
+			block.InternalSnapshot{ID: strings.Repeat("9", 65535), Name: strings.Repeat("n", 65535)})}
+	for _, tc := range []struct {
+		name string
+		list []snapshot
+	}{
+		{"65536 snapshots", slices.Repeat(q.snapshots[:1], maxSnapshots)},
+		{"table over 64 MiB", slices.Repeat([]snapshot{big}, maxSnapTableLen/len(big.raw)+1)},
+	} {
+		saved := q.snapshots
+		q.snapshots = tc.list
+		_, err := q.CreateInternalSnapshot(ctx, block.InternalSnapshot{Name: "x"})
+		q.snapshots = saved
+		if !errors.Is(err, syscall.EFBIG) {
+			t.Errorf("%s: %v, want EFBIG", tc.name, err)
+		}
+	}
+	closeImage(t, g, r, "q")
+	qemuCheck(t, p, false)
+	if list := qemuImg(t, "snapshot", "-l", p); !strings.Contains(list, "s1") || strings.Count(list, "\n") != 3 {
+		t.Errorf("snapshots after the refusals:\n%s", list)
+	}
+}

@@ -362,12 +362,16 @@ type newVersion struct {
 // version.
 func (m *metaTxn) commit(ctx context.Context, v newVersion) error {
 	q := m.q
-	var tbl []byte
+	size := 0
+	for _, s := range v.snapshots {
+		size += len(s.raw)
+	}
+	if size > maxSnapTableLen {
+		return fmt.Errorf("qcow2 image '%s': snapshot table too large: %w", q.name, syscall.EFBIG)
+	}
+	tbl := make([]byte, 0, size)
 	for _, s := range v.snapshots {
 		tbl = append(tbl, s.raw...)
-	}
-	if int64(len(tbl)) > maxSnapTableLen {
-		return fmt.Errorf("qcow2 image '%s': snapshot table too large: %w", q.name, syscall.EFBIG)
 	}
 	var tblOff int64
 	if len(tbl) > 0 {
