@@ -16,7 +16,7 @@ import (
 // entries have lost their COPIED flags, so that the next write to any of
 // them copies first.
 func (q *image) CreateInternalSnapshot(ctx context.Context, inf block.InternalSnapshot) (block.InternalSnapshot, error) {
-	unlock, err := q.lockForSnapshot(ctx, syscall.EPERM)
+	unlock, err := q.lockForSnapshot(ctx)
 	if err != nil {
 		return inf, err
 	}
@@ -44,7 +44,7 @@ func (q *image) CreateInternalSnapshot(ctx context.Context, inf block.InternalSn
 // snapshot's tree loses its references, and active entries left with a
 // refcount of one get their COPIED flag back.
 func (q *image) DeleteInternalSnapshot(ctx context.Context, id, name string) error {
-	unlock, err := q.lockForSnapshot(ctx, syscall.EPERM)
+	unlock, err := q.lockForSnapshot(ctx)
 	if err != nil {
 		return removeError(err)
 	}
@@ -101,12 +101,12 @@ func (m *metaTxn) newActiveL1(ctx context.Context) ([]uint64, int64, error) {
 // lockForSnapshot stops every request (ioGate), takes the metadata mutex
 // and writes everything back, applying the pending frees: the snapshot
 // code then reads the tables from the file. It returns the unlock.
-func (q *image) lockForSnapshot(ctx context.Context, readOnly syscall.Errno) (func(), error) {
+func (q *image) lockForSnapshot(ctx context.Context) (func(), error) {
 	if err := q.usable(); err != nil {
 		return nil, err
 	}
 	if q.readOnly {
-		return nil, readOnly
+		return nil, syscall.EPERM
 	}
 	q.ioGate.Lock()
 	q.mu.Lock()
