@@ -59,6 +59,7 @@ var transactionActions = []qmp.Variant{
 	wrapped[struct{}]("abort"),
 	wrapped[snapshotArgs]("blockdev-snapshot"),
 	wrapped[snapshotSyncArgs]("blockdev-snapshot-sync"),
+	wrapped[snapshotInternalArgs]("blockdev-snapshot-internal-sync"),
 }
 
 type unionTag[T any] struct {
