@@ -310,24 +310,9 @@ the node's users. -o json prints the same trees for scripts.`,
 // the nodes (query-named-block-nodes, flat) and the exports.
 func (a *app) queryTree(ctx context.Context) ([]*treeNode, error) {
 	var g blockGraph
-	var named []namedNode
-	var exports []blockExport
-	for _, q := range []struct {
-		cmd  string
-		args any
-		into any
-	}{
-		{"x-debug-query-block-graph", nil, &g},
-		{"query-named-block-nodes", map[string]any{"flat": true}, &named},
-		{"query-block-exports", nil, &exports},
-	} {
-		ret, err := a.call(ctx, q.cmd, q.args)
-		if err != nil {
-			return nil, err
-		}
-		if err := json.Unmarshal(ret, q.into); err != nil {
-			return nil, fmt.Errorf("%s: %v", q.cmd, err)
-		}
+	named, exports, _, err := a.queryGraph(ctx, &g)
+	if err != nil {
+		return nil, err
 	}
 	return buildTree(g, named, exports), nil
 }
