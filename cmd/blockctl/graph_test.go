@@ -40,7 +40,7 @@ func TestRenderDot(t *testing.T) {
 		// want are lines the output must have; wantNot lines it must not.
 		want, wantNot []string
 	}{{
-		name: "chain: the root double-bordered, ids by name, permissions sorted",
+		name:  "chain: the root double-bordered, ids by name, permissions sorted",
 		graph: chainGraph, named: chainNamedRO,
 		want: []string{
 			`  "top" [label="top\nqcow2 rw", shape=box, peripheries=2];`,
@@ -50,7 +50,7 @@ func TestRenderDot(t *testing.T) {
 		},
 		wantNot: []string{"invhouse", "hexagon"},
 	}, {
-		name: "mirror: job, its filter, the export's backend and the target's",
+		name:  "mirror: job, its filter, the export's backend and the target's",
 		graph: mirrorGraph, named: mirrorNamedRO, exports: []blockExport{{ID: "e0", Type: "nbd", NodeName: "mfilter"}},
 		want: []string{
 			`  "mfilter" [label="mfilter\nmirror_top rw\nfilter of job m0", shape=box, peripheries=2, style="filled,dashed", fillcolor="lightgrey"];`,
