@@ -6,7 +6,8 @@
 #               and against qemu-storage-daemon, and every fuzz target
 #               for a second (its seed corpus runs with the unit tests)
 #   make docs   regenerate docs/qmp-reference.md from blockd's own
-#               query-qmp-schema (make lint fails when it is out of date)
+#               query-qmp-schema, and docs/cookbook.md from the flows
+#               TestCookbook runs (make lint fails when one is out of date)
 #   make fuzz   run every fuzz target for FUZZTIME (60s; the nightly form
 #               is make fuzz FUZZTIME=10m), see scripts/fuzz.sh
 
@@ -62,9 +63,11 @@ lint:
 	$(GO) vet ./...
 	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod/go.sum are not tidy: run go mod tidy"; $(GO) mod tidy -diff; exit 1; }
 	$(GO) run ./cmd/qmpdoc -check docs/qmp-reference.md
+	$(GO) run ./cmd/cookbook -check docs/cookbook.md
 
 docs:
 	$(GO) run ./cmd/qmpdoc -o docs/qmp-reference.md
+	$(GO) run ./cmd/cookbook -o docs/cookbook.md
 
 bench: build
 	./bench/run.sh

@@ -50,6 +50,16 @@ type Line struct {
 	Num  int // 1-based, for messages
 }
 
+// Raw is the line as written, with its prefix.
+func (l Line) Raw() string {
+	for _, p := range prefixes {
+		if p.kind == l.Kind {
+			return p.prefix + l.Text
+		}
+	}
+	return l.Text
+}
+
 // GraphName and GraphCaption split a Graph line's text.
 func (l Line) GraphName() string             { n, _, _ := strings.Cut(l.Text, " "); return n }
 func (l Line) GraphCaption() string          { _, c, _ := strings.Cut(l.Text, " "); return c }
