@@ -28,6 +28,7 @@ var updateGraphs = flag.Bool("update", false, "rewrite the cookbook's graph file
 // steps after it.
 var cookbookKnownBugs = map[string]string{
 	"04-stream: $ qemu-img info -U top.qcow2 | grep -q '^backing file: .*/base.qcow2$'":   "block-stream without backing-file writes the backing file name of the old header (base.qcow2) into top, qsd the base node's filename (the absolute path it was opened with)",
+	"06-mirror-copy: = graph ready The mirror, READY: its filter is under the export":     "during blockdev-mirror blockd's x-debug-query-block-graph reports the job's hold on the target as a second block-job node of the same name with a 'target' edge (perm write, shared write-unchanged); qsd has an anonymous BlockBackend with a 'root' edge there and the job's 'target' edge takes no permission",
 	"05-commit: = graph active-ready The active commit, READY: its filter sits above top": "during an active commit blockd's x-debug-query-block-graph has no job BlockBackend on the base (qsd: an anonymous backend, root edge perm write) and no job -> top 'source' edge; blockd puts perm write on the job's 'target' edge instead",
 }
 
