@@ -53,10 +53,8 @@ type DirtyBitmap struct {
 	disabled atomic.Bool // not recording: the node's writes pass it by
 	busy     atomic.Bool
 
-	// Persistent and Inconsistent are what query-named-block-nodes reports
-	// about a bitmap stored in a qcow2 image. Plain fields until the QMP
-	// layer (which serialises its commands) stores bitmaps.
-	Persistent, Inconsistent bool
+	// persistent and inconsistent: see bitmap_persist.go.
+	persistent, inconsistent atomic.Bool
 }
 
 // bitmapState is one size of a bitmap. Several states may share an
