@@ -98,30 +98,50 @@ func (q *image) headerWithBackingLocked(ctx context.Context, name, format string
 // headerWithBacking returns the start of a new first cluster that names
 // backing file name with format (name "": no backing file), given the
 // whole current first cluster old. It writes nothing and fails if the
-// result would not fit in the cluster.
-//
-// The layout: the fixed header [0, header_length) as it is but for
-// backing_file_offset and backing_file_size; the backing format extension,
-// if any; every other extension in its current order, byte for byte; the
-// end-of-extensions marker; the backing file name. The result is long
-// enough to also cover the area the old layout used, zeroed behind the
-// new one.
+// result would not fit in the cluster. The backing format extension comes
+// first, then every other extension in its current order, byte for byte
+// (assembleHeader has the layout).
 func headerWithBacking(old []byte, name, format string) ([]byte, error) {
 	h, err := parseHeader(old)
 	if err != nil {
 		return nil, err
 	}
-	clusterSize := len(old)
-	hl := int(h.headerLength)
+	exts, oldEnd, err := headerExtensions(old, h, extBackingFormat)
+	if err != nil {
+		return nil, err
+	}
+	if format != "" {
+		exts = append([][]byte{encodeExtension(extBackingFormat, []byte(format))}, exts...)
+	}
+	buf, err := assembleHeader(old, h, exts, name, oldEnd)
+	if err != nil {
+		return nil, err
+	}
+	// Read back what would be written, so that a mistake here can never
+	// reach the disk as a header that does not open or says otherwise.
+	nh, err := parseHeader(padCluster(buf, len(old)))
+	if err != nil {
+		return nil, block.Errorf(block.ErrInternal, "qcow2: the rewritten header does not read back: %s", err)
+	}
+	if nh.backingFile != name || nh.backingFormat != format {
+		return nil, block.Errorf(block.ErrInternal, "qcow2: the rewritten header reads back backing file '%s' format '%s'", nh.backingFile, nh.backingFormat)
+	}
+	return buf, nil
+}
 
+// headerExtensions returns the header extensions of the first cluster old
+// (h decoded from it) but those of type drop, each byte for byte with its
+// padding, and the end of the area the old layout uses (extensions, end
+// marker, backing file name).
+func headerExtensions(old []byte, h *header, drop uint32) (exts [][]byte, oldEnd int, err error) {
+	clusterSize := len(old)
 	// Walk the extensions as parseHeader did: they end at the backing file
 	// name, or at the end marker.
 	limit := clusterSize
 	if h.backingOffset != 0 {
 		limit = int(h.backingOffset)
 	}
-	var keep [][]byte
-	off := hl
+	off := int(h.headerLength)
 	for off+8 <= limit {
 		typ := be32(old[off:])
 		length := int(be32(old[off+4:]))
@@ -131,30 +151,43 @@ func headerWithBacking(old []byte, name, format string) ([]byte, error) {
 			break
 		}
 		if length > limit-off-8 {
-			return nil, errHeader(block.ErrCorrupt, "Header extension too large")
+			return nil, 0, errHeader(block.ErrCorrupt, "Header extension too large")
 		}
-		if typ != extBackingFormat {
+		if typ != drop {
 			ext := make([]byte, size)
 			copy(ext, old[off:min(off+size, clusterSize)])
-			keep = append(keep, ext)
+			exts = append(exts, ext)
 		}
 		off += size
 	}
-	oldEnd := min(off, clusterSize)
+	oldEnd = min(off, clusterSize)
 	if h.backingOffset != 0 {
 		oldEnd = max(oldEnd, int(h.backingOffset)+int(h.backingSize))
 	}
+	return exts, oldEnd, nil
+}
 
+// encodeExtension returns a header extension, padded to 8 bytes.
+func encodeExtension(typ uint32, data []byte) []byte {
+	ext := make([]byte, 8+(len(data)+7)&^7)
+	binary.BigEndian.PutUint32(ext[0:], typ)
+	binary.BigEndian.PutUint32(ext[4:], uint32(len(data)))
+	copy(ext[8:], data)
+	return ext
+}
+
+// assembleHeader lays out the start of a new first cluster: the fixed
+// header of old [0, header_length) as it is but for backing_file_offset
+// and backing_file_size; exts; the end-of-extensions marker; the backing
+// file name (name "": none). The result is long enough to also cover the
+// area the old layout used (up to oldEnd), zeroed behind the new one. It
+// fails if the result would not fit in the cluster.
+func assembleHeader(old []byte, h *header, exts [][]byte, name string, oldEnd int) ([]byte, error) {
+	clusterSize := len(old)
+	hl := int(h.headerLength)
 	buf := make([]byte, hl, clusterSize)
 	copy(buf, old[:hl])
-	if format != "" {
-		ext := make([]byte, 8+(len(format)+7)&^7)
-		binary.BigEndian.PutUint32(ext[0:], extBackingFormat)
-		binary.BigEndian.PutUint32(ext[4:], uint32(len(format)))
-		copy(ext[8:], format)
-		keep = append([][]byte{ext}, keep...)
-	}
-	for _, ext := range keep {
+	for _, ext := range exts {
 		buf = append(buf, ext...)
 	}
 	buf = append(buf, make([]byte, 8)...) // the end-of-extensions marker
@@ -172,17 +205,12 @@ func headerWithBacking(old []byte, name, format string) ([]byte, error) {
 	if len(buf) < oldEnd {
 		buf = append(buf, make([]byte, oldEnd-len(buf))...)
 	}
+	return buf, nil
+}
 
-	// Read back what would be written, so that a mistake here can never
-	// reach the disk as a header that does not open or says otherwise.
+// padCluster returns buf zero-padded to a whole cluster, for parseHeader.
+func padCluster(buf []byte, clusterSize int) []byte {
 	whole := make([]byte, clusterSize)
 	copy(whole, buf)
-	nh, err := parseHeader(whole)
-	if err != nil {
-		return nil, block.Errorf(block.ErrInternal, "qcow2: the rewritten header does not read back: %s", err)
-	}
-	if nh.backingFile != name || nh.backingFormat != format {
-		return nil, block.Errorf(block.ErrInternal, "qcow2: the rewritten header reads back backing file '%s' format '%s'", nh.backingFile, nh.backingFormat)
-	}
-	return buf, nil
+	return whole
 }

@@ -75,8 +75,9 @@ type image struct {
 	rbSet       map[int64]struct{}
 	spans       []span // other metadata: header, L1, refcount table, snapshots, bitmaps
 	snapshots   []snapshot
-	snapBytes   int64 // the snapshot table's size in the file
-	signaled    bool  // a corruption event was sent
+	snapBytes   int64         // the snapshot table's size in the file
+	bitmaps     []bitmapEntry // the bitmap directory as on disk (bitmaps.go)
+	signaled    bool          // a corruption event was sent
 
 	stopClean chan struct{}
 	cleanDone chan struct{}
@@ -135,6 +136,9 @@ func open(ctx context.Context, o *block.Opener, opts *Options) (block.Impl, erro
 		if q.backing, err = o.Attach(ctx, "backing", opts.Backing.NodeRef, block.RoleCOW); err != nil {
 			return nil, err
 		}
+	}
+	if err := q.loadBitmaps(ctx); err != nil {
+		return nil, err
 	}
 	if !q.readOnly {
 		if err := q.prepareWrite(ctx); err != nil {
@@ -421,8 +425,8 @@ func (q *image) overlapLocked(off, n int64) string {
 }
 
 // prepareWrite readies an image opened read-write: it repairs the
-// refcounts of a dirty image and clears the autoclear bits this driver
-// does not maintain.
+// refcounts of a dirty image, clears the autoclear bits this driver
+// does not maintain and marks the persistent bitmaps in use.
 func (q *image) prepareWrite(ctx context.Context) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -434,18 +438,22 @@ func (q *image) prepareWrite(ctx context.Context) error {
 			return err
 		}
 	}
-	if q.hdr.autoclear != 0 && q.version >= 3 {
-		// Bitmaps (bit 0) are not kept up to date by blockd and there is no
-		// external data file (bit 1): per the specification, a writer
-		// clears the bits it does not maintain before it writes.
+	if keep := q.keptAutoclear(); q.hdr.autoclear&^keep != 0 && q.version >= 3 {
+		// There is no external data file (bit 1), and bitmaps (bit 0) are
+		// kept only when they were loaded: per the specification, a
+		// writer clears the bits it does not maintain before it writes.
 		var b [8]byte
+		binary.BigEndian.PutUint64(b[:], q.hdr.autoclear&keep)
 		if err := q.file.WriteAt(ctx, b[:], offAutoclear, 0); err != nil {
 			return q.ioError("write", err)
 		}
 		if err := q.file.Flush(ctx); err != nil {
 			return q.ioError("flush", err)
 		}
-		q.hdr.autoclear = 0
+		q.hdr.autoclear &= keep
+	}
+	if err := q.markBitmapsInUseLocked(ctx); err != nil {
+		return err
 	}
 	return q.findTopLocked(ctx)
 }
@@ -643,6 +651,9 @@ func (q *image) ImageInfo(ctx context.Context) block.ImageInfo {
 	} else {
 		data["compat"] = "0.10"
 	}
+	if b := q.bitmapInfoLocked(); b != nil {
+		data["bitmaps"] = b
+	}
 	return block.ImageInfo{
 		ClusterSize:    q.clusterSize,
 		DirtyFlag:      &dirty,
@@ -673,7 +684,13 @@ func (q *image) Close() error {
 	if q.readOnly || q.usable() != nil {
 		return nil
 	}
-	return q.flushAll(context.Background(), true)
+	ctx := context.Background()
+	if err := q.storeBitmaps(ctx); err != nil {
+		// The bitmaps stay marked in use in the image: inconsistent at
+		// the next open, which is the truth.
+		q.log.WithError(err).Warn("qcow2: persistent bitmaps not stored")
+	}
+	return q.flushAll(ctx, true)
 }
 
 // flushAll writes every dirty table, applies the pending frees when no

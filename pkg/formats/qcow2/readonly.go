@@ -19,6 +19,9 @@ func (q *image) ChangeReadOnly(ctx context.Context, ro bool) (undo func(), err e
 		return nil, err
 	}
 	if ro {
+		if err := q.storeBitmaps(ctx); err != nil {
+			return nil, err
+		}
 		if err := q.flushAll(ctx, true); err != nil {
 			return nil, err
 		}

@@ -26,6 +26,9 @@ func (q *image) Truncate(ctx context.Context, size int64, exact bool) error {
 	if snaps > 0 {
 		return block.Errorf(block.ErrNotSupported, "Can't resize an image which has snapshots")
 	}
+	if name := q.inconsistentBitmap(); name != "" {
+		return block.Errorf(block.ErrNotSupported, "Cannot resize: bitmap '%s' is inconsistent (remove it with block-dirty-bitmap-remove)", name)
+	}
 	old := q.size.Load()
 	switch {
 	case size > old:
