@@ -75,9 +75,10 @@ type image struct {
 	rbSet       map[int64]struct{}
 	spans       []span // other metadata: header, L1, refcount table, snapshots, bitmaps
 	snapshots   []snapshot
-	snapBytes   int64         // the snapshot table's size in the file
-	bitmaps     []bitmapEntry // the bitmap directory as on disk (bitmaps.go)
-	signaled    bool          // a corruption event was sent
+	snapBytes   int64 // the snapshot table's size in the file
+	signaled    bool  // a corruption event was sent
+
+	bitmaps []bitmapEntry // the bitmap directory as on disk (bitmaps.go); under mu
 
 	stopClean chan struct{}
 	cleanDone chan struct{}
