@@ -163,9 +163,9 @@ func FuzzSnapshots(f *testing.F) {
 }
 
 // FuzzBitmaps patches the bitmaps header extension, the bitmap directory
-// and the bitmap tables. blockd does not use persistent bitmaps; it reads
-// the directory to count its clusters when it repairs a dirty image, and
-// it must clear the autoclear bit before it writes.
+// and the bitmap tables: every open loads the bitmaps (bitmaps.go), a
+// read-write one marks them in use and the close stores them again; the
+// refcount repair of a dirty image counts their clusters.
 func FuzzBitmaps(f *testing.F) {
 	seeds := metaSeeds(f,
 		[][]string{mkCmd("cluster_size=512"), imgCmd("bitmap", "--add", "-g", "512", "IMG", "b0"),
