@@ -87,6 +87,19 @@ func TestQcow2PersistentBitmap(t *testing.T) {
 	if got, want := imageBitmaps(t, img), []string{"b0:65536:in-use,auto", "off:4096:in-use"}; !slices.Equal(got, want) {
 		t.Errorf("while open: %v, want %v", got, want)
 	}
+	var nodes []map[string]any
+	d.CmdInto("query-named-block-nodes", map[string]any{"flat": true}, &nodes)
+	for _, n := range nodes {
+		if n["node-name"] != "n" {
+			continue
+		}
+		data := n["image"].(map[string]any)["format-specific"].(map[string]any)["data"].(map[string]any)
+		got, _ := json.Marshal(data["bitmaps"])
+		want := `[{"flags":["in-use","auto"],"granularity":65536,"name":"b0"},{"flags":["in-use"],"granularity":4096,"name":"off"}]`
+		if string(got) != want {
+			t.Errorf("query-named-block-nodes image bitmaps: %s, want %s", got, want)
+		}
+	}
 	sock := d.Path("nbd.sock")
 	d.Cmd("nbd-server-start", map[string]any{"addr": unixAddr(sock)})
 	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "n", "writable": true})
