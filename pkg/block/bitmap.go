@@ -1,6 +1,9 @@
 package block
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"math/bits"
 	"sync"
 	"sync/atomic"
@@ -53,8 +56,9 @@ type DirtyBitmap struct {
 	disabled atomic.Bool // not recording: the node's writes pass it by
 	busy     atomic.Bool
 
-	// persistent and inconsistent: see bitmap_persist.go.
-	persistent, inconsistent atomic.Bool
+	// What a format that stores bitmaps in its image (qcow2) needs to
+	// know and say about one: see the methods of the same names.
+	persistent, inconsistent, readOnly atomic.Bool
 }
 
 // bitmapState is one size of a bitmap. Several states may share an
@@ -70,6 +74,10 @@ type bitArray struct {
 	words []atomic.Uint64
 	dirty atomic.Int64 // set bits in words
 }
+
+// MaxBitmapName is the longest name a named bitmap may have, in bytes
+// (QEMU's BDRV_BITMAP_MAX_NAME_SIZE; qcow2 stores names up to it).
+const MaxBitmapName = 1023
 
 // maxGranules is QEMU's bound on a bitmap (HBITMAP_LOG_MAX_SIZE): 2^41
 // bits, 256 GiB of memory, far beyond any real use.
@@ -122,6 +130,54 @@ func (b *DirtyBitmap) Busy() bool { return b.busy.Load() }
 
 // SetBusy marks the bitmap as used by an operation, or no longer.
 func (b *DirtyBitmap) SetBusy(busy bool) { b.busy.Store(busy) }
+
+// A persistent bitmap is one a format driver (qcow2) stores in its image
+// when the node closes or goes read-only, and loads again when the image
+// is opened. An inconsistent one was found marked in use in the image
+// (whoever had it open did not store it): its bits cannot be trusted, so
+// it is not recording and QMP commands other than remove refuse it, but
+// it stays in the image until removed. The driver reads the flags from
+// its close path while QMP may change them: they are atomic.
+
+// Persistent reports whether the bitmap is to be stored in the node's
+// image (block-dirty-bitmap-add's "persistent"). A format that stores
+// bitmaps writes the persistent ones when it flushes or closes; the flag
+// itself stores nothing.
+func (b *DirtyBitmap) Persistent() bool { return b.persistent.Load() }
+
+// SetPersistent sets whether the bitmap is to be stored in the image.
+func (b *DirtyBitmap) SetPersistent(on bool) { b.persistent.Store(on) }
+
+// Inconsistent reports whether the bitmap was loaded from an image that
+// was not closed cleanly while it recorded: its bits cannot be trusted,
+// and it may only be removed.
+func (b *DirtyBitmap) Inconsistent() bool { return b.inconsistent.Load() }
+
+// SetInconsistent marks a loaded bitmap as inconsistent.
+func (b *DirtyBitmap) SetInconsistent(on bool) { b.inconsistent.Store(on) }
+
+// ReadOnly reports whether the bitmap was loaded from an image opened
+// read-only: it must not change, because it could not be stored again.
+func (b *DirtyBitmap) ReadOnly() bool { return b.readOnly.Load() }
+
+// SetReadOnly marks a loaded bitmap as read-only, or no longer.
+func (b *DirtyBitmap) SetReadOnly(on bool) { b.readOnly.Store(on) }
+
+// CheckUse says whether a QMP command may use the bitmap, and if not why,
+// in QEMU's words: not while busy, never when inconsistent, and, for a
+// command that changes its bits (modify), not when read-only.
+func (b *DirtyBitmap) CheckUse(modify bool) error {
+	// compat(qsd-7.2): bdrv_dirty_bitmap_check's messages and order.
+	switch {
+	case b.Busy():
+		return Errorf(ErrBusy, "Bitmap '%s' is currently in use by another operation and cannot be used", b.name)
+	case modify && b.ReadOnly():
+		return Errorf(ErrReadOnly, "Bitmap '%s' is readonly and cannot be modified", b.name)
+	case b.Inconsistent():
+		return Errorf(ErrInvalid, "Bitmap '%s' is inconsistent and cannot be used", b.name)
+	}
+	return nil
+}
 
 // Count is the number of dirty bytes: dirty granules times the
 // granularity (QMP's "count").
@@ -276,7 +332,7 @@ func (b *DirtyBitmap) Merge(src *DirtyBitmap) error {
 	s, o := b.st.Load(), src.st.Load()
 	if s.size != o.size {
 		// compat(qsd-7.2): block-dirty-bitmap-merge's wording.
-		return Errorf(ErrInvalid, "Bitmaps are incompatible and can't be merged")
+		return Errorf(ErrInvalid, "Bitmaps are of different sizes (destination size is %d, source size is %d) and can't be merged", s.size, o.size)
 	}
 	if b.shift == src.shift {
 		s.bits.or(o.bits, b.granules(s.size))
@@ -291,6 +347,46 @@ func (b *DirtyBitmap) Merge(src *DirtyBitmap) error {
 		s.bits.set(d>>b.shift, (end-1)>>b.shift+1)
 		off = end
 	}
+}
+
+// Restore gives b back the bits of backup, a Copy of b taken earlier
+// (b's granularity; its size, if b has not been resized since): what an
+// aborted transaction does to a bitmap it cleared or merged into. Bits
+// set in b since the copy are lost, so the caller keeps the node's
+// writers drained from the copy to the restore.
+func (b *DirtyBitmap) Restore(backup *DirtyBitmap) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s, o := b.st.Load(), backup.st.Load()
+	ng := b.granules(s.size)
+	a := &bitArray{words: make([]atomic.Uint64, wordsFor(ng))}
+	if backup.shift == b.shift {
+		a.or(o.bits, min(ng, b.granules(o.size)))
+	}
+	b.st.Store(&bitmapState{size: s.size, bits: a})
+}
+
+// SHA256 is the hex SHA-256 of the bitmap's bits as QEMU lays them out
+// in memory (x-debug-block-dirty-bitmap-sha256): one bit per granule, in
+// little-endian 64-bit words, as many words as the granules need but at
+// least one, bits past the end clear.
+func (b *DirtyBitmap) SHA256() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.st.Load()
+	n := b.granules(s.size)
+	h := sha256.New()
+	var w [8]byte
+	for i := range max(wordsFor(n), 1) {
+		var v uint64
+		if i < int64(len(s.bits.words)) {
+			_, m := wordMask(i<<6, n)
+			v = s.bits.words[i].Load() & m
+		}
+		binary.LittleEndian.PutUint64(w[:], v)
+		h.Write(w[:])
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // Resize makes the bitmap cover size bytes: granules past a smaller end
@@ -431,6 +527,9 @@ func (n *Node) AddDirtyBitmap(name string, granularity int64) (*DirtyBitmap, err
 	if name != "" && n.FindDirtyBitmap(name) != nil {
 		// compat(qsd-7.2): bdrv_create_dirty_bitmap's wording.
 		return nil, Errorf(ErrInvalid, "Bitmap already exists: %s", name)
+	}
+	if len(name) > MaxBitmapName {
+		return nil, Errorf(ErrInvalid, "Bitmap name too long: %s", name)
 	}
 	b, err := newDirtyBitmap(name, granularity, n.Size())
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -57,6 +58,15 @@ func TestNodeDirtyBitmaps(t *testing.T) {
 	_, err = n.AddDirtyBitmap("b", 1000)
 	if want := "Granularity must be power of 2 and at least 512"; err == nil || err.Error() != want {
 		t.Errorf("bad granularity: %v, want %q", err, want)
+	}
+	long := strings.Repeat("x", block.MaxBitmapName)
+	if _, err := n.AddDirtyBitmap(long+"x", 512); err == nil || err.Error() != "Bitmap name too long: "+long+"x" {
+		t.Errorf("name too long: %v", err)
+	}
+	if b, err := n.AddDirtyBitmap(long, 512); err != nil {
+		t.Errorf("longest name: %v", err)
+	} else {
+		n.RemoveDirtyBitmap(b)
 	}
 	if got := n.DirtyBitmaps(); !slices.Equal(got, []*block.DirtyBitmap{a, anon1, anon2}) {
 		t.Errorf("list %v", got)

@@ -367,7 +367,7 @@ func TestDirtyBitmapCopyMerge(t *testing.T) {
 	}
 	other := newBitmap(t, k, 100*k+1)
 	err := b.Merge(other)
-	if want := "Bitmaps are incompatible and can't be merged"; err == nil || err.Error() != want {
+	if want := "Bitmaps are of different sizes (destination size is 51200, source size is 51201) and can't be merged"; err == nil || err.Error() != want {
 		t.Errorf("merge of different sizes: %v, want %q", err, want)
 	}
 }
@@ -452,5 +452,90 @@ func TestDirtyBitmapRecording(t *testing.T) {
 	b.Set(0, 1)
 	if b.Count() != 512 {
 		t.Errorf("Set on a disabled bitmap: count %d", b.Count())
+	}
+}
+
+// TestDirtyBitmapSHA256 pins the hash to what qsd 7.2's
+// x-debug-block-dirty-bitmap-sha256 answered for a 64 MiB node after the
+// same writes (qemu-io over NBD: 512 bytes at 0, 70000 at 100000, 1 MiB
+// of zeroes at 10 MiB, the last 512 bytes), and for a 1024-byte node
+// whose one granule needs one word.
+func TestDirtyBitmapSHA256(t *testing.T) {
+	t.Parallel()
+	writes := []extent{{0, 512}, {100000, 70000}, {10 << 20, 1 << 20}, {64<<20 - 512, 512}}
+	for _, tc := range []struct {
+		gran, size   int64
+		clean, dirty string
+	}{
+		{65536, 64 << 20, "38723a2e5e8a17aa7950dc008209944e898f69a7bd10a23c839d341e935fd5ca", "342dd17b2dc414fc01cd4283729e2ed2f2ea904e39930a098372a2970abf0176"},
+		{512, 64 << 20, "4fe7b59af6de3b665b67788cc2f99892ab827efae3a467342b3bb4e3bc8e5bfe", "5002a2ddeb751363161c518a5d7411adbb1088c4ef75fe1798f9b91b5330e852"},
+		{1 << 31, 64 << 20, "af5570f5a1810b7af78caf4bc70a660f0df51e42baf91d4de5b2328de0e83dfc", "7c9fa136d4413fa6173637e883b6998d32e1d675f88cddff9dcbcf331820f4b8"},
+		{65536, 1024, "af5570f5a1810b7af78caf4bc70a660f0df51e42baf91d4de5b2328de0e83dfc", ""},
+	} {
+		b := newBitmap(t, tc.gran, tc.size)
+		if got := b.SHA256(); got != tc.clean {
+			t.Errorf("granularity %d size %d, clean: %s, want %s", tc.gran, tc.size, got, tc.clean)
+		}
+		if tc.dirty == "" {
+			continue
+		}
+		for _, w := range writes {
+			b.Set(w.off, w.n)
+		}
+		if got := b.SHA256(); got != tc.dirty {
+			t.Errorf("granularity %d, dirty: %s, want %s", tc.gran, got, tc.dirty)
+		}
+		// Spare words past the end (a bitmap grown by writes) are not hashed.
+		b.grow(tc.size + 1<<30)
+		b.Resize(tc.size)
+		if got := b.SHA256(); got != tc.dirty {
+			t.Errorf("granularity %d, after growing and shrinking back: %s, want %s", tc.gran, got, tc.dirty)
+		}
+	}
+}
+
+// TestDirtyBitmapRestore: a bitmap cleared or merged into gets back
+// exactly the bits of its copy, count included.
+func TestDirtyBitmapRestore(t *testing.T) {
+	t.Parallel()
+	const k = 512
+	b := newBitmap(t, k, 100*k)
+	b.Set(3*k, 2*k)
+	backup := b.Copy()
+	b.Clear()
+	b.Set(70*k, 1)
+	b.Restore(backup)
+	if got, want := extents(b), []extent{{3 * k, 2 * k}}; !slices.Equal(got, want) || b.Count() != 2*k {
+		t.Errorf("restored %v count %d, want %v", got, b.Count(), want)
+	}
+	checkInvariants(t, b)
+}
+
+// TestDirtyBitmapCheckUse: the refusals QMP commands give, in QEMU's
+// order: busy before read-only before inconsistent; read-only only
+// matters to commands that change the bits.
+func TestDirtyBitmapCheckUse(t *testing.T) {
+	t.Parallel()
+	b, err := newDirtyBitmap("bm", 512, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string, modify bool, want string) {
+		t.Helper()
+		err := b.CheckUse(modify)
+		if (err == nil) != (want == "") || err != nil && err.Error() != want {
+			t.Errorf("%s: %v, want %q", what, err, want)
+		}
+	}
+	check("plain", true, "")
+	b.SetInconsistent(true)
+	check("inconsistent", false, "Bitmap 'bm' is inconsistent and cannot be used")
+	b.SetReadOnly(true)
+	check("read-only, modify", true, "Bitmap 'bm' is readonly and cannot be modified")
+	check("read-only, no modify", false, "Bitmap 'bm' is inconsistent and cannot be used")
+	b.SetBusy(true)
+	check("busy", true, "Bitmap 'bm' is currently in use by another operation and cannot be used")
+	if !errors.Is(b.CheckUse(false), ErrBusy) {
+		t.Errorf("busy is not ErrBusy")
 	}
 }
