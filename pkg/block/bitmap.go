@@ -163,17 +163,30 @@ func (b *DirtyBitmap) ReadOnly() bool { return b.readOnly.Load() }
 // SetReadOnly marks a loaded bitmap as read-only, or no longer.
 func (b *DirtyBitmap) SetReadOnly(on bool) { b.readOnly.Store(on) }
 
-// CheckUse says whether a QMP command may use the bitmap, and if not why,
-// in QEMU's words: not while busy, never when inconsistent, and, for a
-// command that changes its bits (modify), not when read-only.
-func (b *DirtyBitmap) CheckUse(modify bool) error {
+// BitmapUse is what a QMP command does with a bitmap, for CheckUse.
+type BitmapUse uint8
+
+const (
+	// UseBits reads the bits or switches recording (enable, disable, a
+	// merge's source).
+	UseBits BitmapUse = iota
+	// ChangeBits changes the bits (clear, a merge's target).
+	ChangeBits
+	// RemoveBitmap removes the bitmap: an inconsistent one may go.
+	RemoveBitmap
+)
+
+// CheckUse says whether a QMP command may use the bitmap as use says,
+// and if not why, in QEMU's words: never while busy; not when read-only,
+// to change or remove it; not when inconsistent, but to remove it.
+func (b *DirtyBitmap) CheckUse(use BitmapUse) error {
 	// compat(qsd-7.2): bdrv_dirty_bitmap_check's messages and order.
 	switch {
 	case b.Busy():
 		return Errorf(ErrBusy, "Bitmap '%s' is currently in use by another operation and cannot be used", b.name)
-	case modify && b.ReadOnly():
+	case use != UseBits && b.ReadOnly():
 		return Errorf(ErrReadOnly, "Bitmap '%s' is readonly and cannot be modified", b.name)
-	case b.Inconsistent():
+	case use != RemoveBitmap && b.Inconsistent():
 		return Errorf(ErrInvalid, "Bitmap '%s' is inconsistent and cannot be used", b.name)
 	}
 	return nil

@@ -512,30 +512,42 @@ func TestDirtyBitmapRestore(t *testing.T) {
 }
 
 // TestDirtyBitmapCheckUse: the refusals QMP commands give, in QEMU's
-// order: busy before read-only before inconsistent; read-only only
-// matters to commands that change the bits.
+// order: busy before read-only before inconsistent; read-only matters to
+// commands that change or remove a bitmap, inconsistent to all but
+// removal.
 func TestDirtyBitmapCheckUse(t *testing.T) {
 	t.Parallel()
 	b, err := newDirtyBitmap("bm", 512, 4096)
 	if err != nil {
 		t.Fatal(err)
 	}
-	check := func(what string, modify bool, want string) {
-		t.Helper()
-		err := b.CheckUse(modify)
-		if (err == nil) != (want == "") || err != nil && err.Error() != want {
-			t.Errorf("%s: %v, want %q", what, err, want)
+	const (
+		busy  = "Bitmap 'bm' is currently in use by another operation and cannot be used"
+		ro    = "Bitmap 'bm' is readonly and cannot be modified"
+		incon = "Bitmap 'bm' is inconsistent and cannot be used"
+	)
+	for _, tc := range []struct {
+		busy, ro, incon bool
+		want            [3]string // UseBits, ChangeBits, RemoveBitmap
+	}{
+		{want: [3]string{"", "", ""}},
+		{incon: true, want: [3]string{incon, incon, ""}},
+		{ro: true, want: [3]string{"", ro, ro}},
+		{ro: true, incon: true, want: [3]string{incon, ro, ro}},
+		{busy: true, ro: true, incon: true, want: [3]string{busy, busy, busy}},
+	} {
+		b.SetBusy(tc.busy)
+		b.SetReadOnly(tc.ro)
+		b.SetInconsistent(tc.incon)
+		for use, want := range tc.want {
+			err := b.CheckUse(BitmapUse(use))
+			if (err == nil) != (want == "") || err != nil && err.Error() != want {
+				t.Errorf("busy %v ro %v inconsistent %v, use %d: %v, want %q", tc.busy, tc.ro, tc.incon, use, err, want)
+			}
 		}
 	}
-	check("plain", true, "")
-	b.SetInconsistent(true)
-	check("inconsistent", false, "Bitmap 'bm' is inconsistent and cannot be used")
-	b.SetReadOnly(true)
-	check("read-only, modify", true, "Bitmap 'bm' is readonly and cannot be modified")
-	check("read-only, no modify", false, "Bitmap 'bm' is inconsistent and cannot be used")
 	b.SetBusy(true)
-	check("busy", true, "Bitmap 'bm' is currently in use by another operation and cannot be used")
-	if !errors.Is(b.CheckUse(false), ErrBusy) {
+	if !errors.Is(b.CheckUse(UseBits), ErrBusy) {
 		t.Errorf("busy is not ErrBusy")
 	}
 }
