@@ -132,6 +132,10 @@ func (s *Server) handlers() map[string]qmp.Handler {
 
 		"blockdev-snapshot-internal-sync":        qmp.Command(s.blockdevSnapshotInternalSync),
 		"blockdev-snapshot-delete-internal-sync": qmp.Command(s.blockdevSnapshotDeleteInternalSync),
+		"x-debug-block-dirty-bitmap-sha256":      qmp.Command(s.xDebugBitmapSHA256),
+	}
+	for name, c := range bitmapCommands {
+		m[name] = c.handler(s)
 	}
 	for name, h := range s.Chardevs.Handlers() {
 		m[name] = h

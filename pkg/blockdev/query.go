@@ -27,23 +27,24 @@ type ImageInfo struct {
 
 // BlockDeviceInfo is QMP's BlockDeviceInfo (query-named-block-nodes).
 type BlockDeviceInfo struct {
-	File             string     `json:"file"`
-	NodeName         string     `json:"node-name"`
-	RO               bool       `json:"ro"`
-	Drv              string     `json:"drv"`
-	BackingFile      string     `json:"backing_file,omitempty"`
-	BackingFileDepth int        `json:"backing_file_depth"`
-	Encrypted        bool       `json:"encrypted"`
-	DetectZeroes     string     `json:"detect_zeroes"`
-	Bps              int64      `json:"bps"`
-	BpsRd            int64      `json:"bps_rd"`
-	BpsWr            int64      `json:"bps_wr"`
-	Iops             int64      `json:"iops"`
-	IopsRd           int64      `json:"iops_rd"`
-	IopsWr           int64      `json:"iops_wr"`
-	Image            *ImageInfo `json:"image"`
-	Cache            cacheInfo  `json:"cache"`
-	WriteThreshold   int64      `json:"write_threshold"`
+	File             string           `json:"file"`
+	NodeName         string           `json:"node-name"`
+	RO               bool             `json:"ro"`
+	Drv              string           `json:"drv"`
+	BackingFile      string           `json:"backing_file,omitempty"`
+	BackingFileDepth int              `json:"backing_file_depth"`
+	Encrypted        bool             `json:"encrypted"`
+	DetectZeroes     string           `json:"detect_zeroes"`
+	Bps              int64            `json:"bps"`
+	BpsRd            int64            `json:"bps_rd"`
+	BpsWr            int64            `json:"bps_wr"`
+	Iops             int64            `json:"iops"`
+	IopsRd           int64            `json:"iops_rd"`
+	IopsWr           int64            `json:"iops_wr"`
+	Image            *ImageInfo       `json:"image"`
+	Cache            cacheInfo        `json:"cache"`
+	WriteThreshold   int64            `json:"write_threshold"`
+	DirtyBitmaps     []BlockDirtyInfo `json:"dirty-bitmaps,omitempty"`
 }
 
 type cacheInfo struct {
@@ -78,6 +79,7 @@ func deviceInfo(ctx context.Context, n *block.Node, flat bool) BlockDeviceInfo {
 		Image:          imageInfo(ctx, n, !flat),
 		Cache:          cacheInfo{Writeback: true, Direct: c.Direct(), NoFlush: c.NoFlush()},
 		WriteThreshold: int64(n.WriteThreshold()), // compat(qsd-7.2): an int, so 2^64-1 reads -1
+		DirtyBitmaps:   dirtyBitmaps(n),
 	}
 	if c.DetectZeroes != "" {
 		d.DetectZeroes = string(c.DetectZeroes)
@@ -114,9 +116,8 @@ func imageInfo(ctx context.Context, n *block.Node, nested bool) *ImageInfo {
 		if x.ActualSize != nil {
 			i.ActualSize = x.ActualSize
 		}
-	} else if c := block.FilteredChild(n); c != nil {
-		// A filter's cluster size is its child's (QEMU's bdrv_get_info).
-		i.ClusterSize = imageInfo(ctx, c.Node(), false).ClusterSize
+	} else {
+		i.ClusterSize = clusterSize(ctx, n)
 	}
 	if bf, ok := n.Impl().(block.BackingFiler); ok {
 		name, format := bf.BackingFile()
@@ -134,6 +135,18 @@ func imageInfo(ctx context.Context, n *block.Node, nested bool) *ImageInfo {
 		}
 	}
 	return i
+}
+
+// clusterSize is what the node's driver reports, or for a filter its
+// child's (QEMU's bdrv_get_info); 0 when nothing has clusters.
+func clusterSize(ctx context.Context, n *block.Node) int64 {
+	if inf, ok := n.Impl().(block.Infoer); ok {
+		return inf.ImageInfo(ctx).ClusterSize
+	}
+	if c := block.FilteredChild(n); c != nil {
+		return clusterSize(ctx, c.Node())
+	}
+	return 0
 }
 
 // storageFilename is the file name of the protocol node below n.

@@ -2,6 +2,7 @@ package blockdev
 
 import (
 	"reflect"
+	"slices"
 
 	"github.com/blockd/blockd/pkg/block"
 	"github.com/blockd/blockd/pkg/chardev"
@@ -54,7 +55,8 @@ func wrapped[T any](name string) qmp.Variant {
 	return qmp.Variant{Case: name, Type: reflect.TypeFor[dataWrapper[T]]()}
 }
 
-// transactionActions are the transaction action types transaction runs.
+// transactionActions are the transaction action types transaction runs
+// besides the bitmap commands (bitmapCommands).
 var transactionActions = []qmp.Variant{
 	wrapped[struct{}]("abort"),
 	wrapped[snapshotArgs]("blockdev-snapshot"),
@@ -90,7 +92,7 @@ func declareSchema(q *qmp.Server) {
 	})
 	q.DeclareType(reflect.TypeFor[transactionAction](), qmp.Union{
 		Name: "TransactionAction", Base: reflect.TypeFor[unionTag[string]](), Tag: "type",
-		Variants: fixed(transactionActions),
+		Variants: func() []qmp.Variant { return append(slices.Clone(transactionActions), bitmapVariants()...) },
 	})
 	q.DeclareType(reflect.TypeFor[SocketAddressLegacy](), qmp.Union{
 		Name: "SocketAddressLegacy", Base: reflect.TypeFor[unionTag[AddrType]](), Tag: "type",
@@ -115,6 +117,7 @@ func declareSchema(q *qmp.Server) {
 		}](), Tag: "format",
 		Variants: fixed([]qmp.Variant{{Case: "luks", Type: reflect.TypeFor[qcow2.LUKSAmendOptions]()}}),
 	})
+	declareBitmapSchema(q)
 
 	str, null := reflect.TypeFor[string](), reflect.TypeFor[qmp.Null]()
 	opts := reflect.TypeFor[BlockdevOptions]()

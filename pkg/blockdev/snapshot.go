@@ -249,6 +249,7 @@ func (s *Server) transaction(ctx context.Context, a *transactionArgs) (empty, er
 	if p := a.Properties; p != nil && p.CompletionMode != nil && *p.CompletionMode != "individual" && *p.CompletionMode != "grouped" {
 		return empty{}, fmt.Errorf("Parameter 'completion-mode' does not accept value '%s'", *p.CompletionMode)
 	}
+	grouped := a.Properties != nil && a.Properties.CompletionMode != nil && *a.Properties.CompletionMode == "grouped"
 	var acts []action
 	for i, ta := range a.Actions {
 		path := fmt.Sprintf("actions[%d].data", i)
@@ -258,6 +259,14 @@ func (s *Server) transaction(ctx context.Context, a *transactionArgs) (empty, er
 		}
 		if !known {
 			return empty{}, fmt.Errorf("Parameter 'type' does not accept value '%s'", ta.Type)
+		}
+		if c, ok := bitmapCommands[ta.Type]; ok {
+			x, err := c.decode(ta.Data, path, txnMode{transaction: true, grouped: grouped})
+			if err != nil {
+				return empty{}, err
+			}
+			acts = append(acts, x)
+			continue
 		}
 		switch ta.Type {
 		case "abort":
