@@ -140,6 +140,13 @@ var fuzzCommandSeeds = [][][2]string{
 		{"nbd-server-start", `{"addr": {"type": "unix", "data": {"path": "/nonexistent/sock"}}}`},
 	},
 	{
+		{"block-dirty-bitmap-add", `{"node": "top", "name": "b", "granularity": 512}`},
+		{"block-dirty-bitmap-add", `{"node": "null", "name": "c", "disabled": true}`},
+		{"block-dirty-bitmap-merge", `{"node": "top", "target": "b", "bitmaps": ["b", {"node": "base", "name": "c"}]}`},
+		{"transaction", `{"actions": [{"type": "block-dirty-bitmap-clear", "data": {"node": "top", "name": "b"}}, {"type": "block-dirty-bitmap-remove", "data": {"node": "top", "name": "b"}}, {"type": "abort", "data": {}}]}`},
+		{"x-debug-block-dirty-bitmap-sha256", `{"node": "top", "name": "b"}`},
+	},
+	{
 		{"object-add", `{"qom-type": "iothread", "id": "io", "poll-max-ns": 0}`},
 		{"object-del", `{"id": "io"}`},
 	},
