@@ -132,8 +132,8 @@ func (s *Server) handlers() map[string]qmp.Handler {
 
 		"blockdev-snapshot-internal-sync":        qmp.Command(s.blockdevSnapshotInternalSync),
 		"blockdev-snapshot-delete-internal-sync": qmp.Command(s.blockdevSnapshotDeleteInternalSync),
-		"x-debug-block-dirty-bitmap-sha256":      qmp.Command(s.xDebugBitmapSHA256),
 	}
+	m["x-debug-block-dirty-bitmap-sha256"] = qmp.Command(s.xDebugBitmapSHA256)
 	for name, c := range bitmapCommands {
 		m[name] = c.handler(s)
 	}
