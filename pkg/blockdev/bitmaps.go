@@ -172,14 +172,28 @@ func defaultGranularity(ctx context.Context, n *block.Node) int64 {
 	return 65536
 }
 
+// bitmapStore is what a format that keeps persistent bitmaps in its
+// image (qcow2) offers the bitmap commands.
+type bitmapStore interface {
+	CanStoreBitmap(name string, granularity int64) error
+	RemovePersistentBitmap(ctx context.Context, name string) error
+}
+
 // canStorePersistent says whether n can store a bitmap called name of
-// granularity gran in its image. No blockd driver stores bitmaps yet, so
-// every node answers what qsd answers for a node whose driver cannot
-// (raw, file, null-co). qcow2 will accept them once it stores bitmaps:
-// this is where its driver is to be asked.
+// granularity gran in its image: the driver is asked if it stores
+// bitmaps; any other node answers what qsd answers for a driver that
+// cannot (raw, file, null-co).
 func canStorePersistent(n *block.Node, name string, gran int64) error {
-	// compat(qsd-7.2): bdrv_can_store_new_dirty_bitmap, -ENOTSUP.
-	return fmt.Errorf("Can't store persistent bitmaps to %s: Operation not supported", n.Name())
+	st, ok := n.Impl().(bitmapStore)
+	if !ok {
+		// compat(qsd-7.2): bdrv_can_store_new_dirty_bitmap, -ENOTSUP.
+		return fmt.Errorf("Can't store persistent bitmaps to %s: Operation not supported", n.Name())
+	}
+	if err := st.CanStoreBitmap(name, gran); err != nil {
+		// compat(qsd-7.2): the driver's reason after this prefix.
+		return fmt.Errorf("Can't make bitmap '%s' persistent in '%s': %w", name, n.Name(), err)
+	}
+	return nil
 }
 
 type bitmapAdd struct {
@@ -248,6 +262,14 @@ func (x *bitmapRemove) apply(ctx context.Context, s *Server, tx *block.Txn) erro
 	}
 	if err := b.CheckUse(block.RemoveBitmap); err != nil {
 		return err
+	}
+	// As in QEMU, a persistent bitmap leaves the image at once; if the
+	// transaction fails it stays on the node, persistent, and is stored
+	// again when the node closes.
+	if st, ok := n.Impl().(bitmapStore); ok && b.Persistent() {
+		if err := st.RemovePersistentBitmap(ctx, b.Name()); err != nil {
+			return err
+		}
 	}
 	b.SetBusy(true)
 	tx.OnUndo(func() { b.SetBusy(false) })

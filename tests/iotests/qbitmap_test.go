@@ -127,3 +127,49 @@ func TestQcow2PersistentBitmap(t *testing.T) {
 		t.Errorf("after qemu-img's edits: %v, want %v", got, want)
 	}
 }
+
+// TestQcow2PersistentBitmapQMP: a persistent bitmap made with
+// block-dirty-bitmap-add records writes through an NBD export and is in
+// the image after blockdev-del, where QEMU's reader sees the same dirty
+// ranges; opened again it counts what it counted before; and
+// block-dirty-bitmap-remove takes it out of the image at once.
+func TestQcow2PersistentBitmapQMP(t *testing.T) {
+	d := start(t)
+	img := d.Path("p.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "4M")
+	open := func() {
+		d.Cmd("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "n",
+			"file": map[string]any{"driver": "file", "filename": img}})
+	}
+	open()
+	addBitmap(d, "n", "p", "persistent", true, "granularity", 65536)
+	addBitmap(d, "n", "t", "granularity", 65536) // not persistent: never stored
+	if got, want := imageBitmaps(t, img), []string(nil); !slices.Equal(got, want) {
+		t.Errorf("a new bitmap is stored at close, not before: %v", got)
+	}
+	sock := d.Path("nbd.sock")
+	d.Cmd("nbd-server-start", map[string]any{"addr": unixAddr(sock)})
+	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "n", "writable": true})
+	run(t, "qemu-io", "-f", "raw", "-c", "write -P 7 64k 64k", "-c", "write -P 8 2M 4k", nbdURI(sock, "n"))
+	d.DelExport("e0")
+	wantBitmaps(t, d, "n", bm("t", 65536, 2*65536, true, false), bm("p", 65536, 2*65536, true, true))
+	d.Cmd("blockdev-del", map[string]any{"node-name": "n"})
+
+	if got, want := imageBitmaps(t, img), []string{"p:65536:auto"}; !slices.Equal(got, want) {
+		t.Errorf("after blockdev-del: %v, want %v", got, want)
+	}
+	run(t, "qemu-img", "check", img)
+	want := []string{"65536+65536", fmt.Sprint(2<<20) + "+65536"}
+	if got := bitmapDirtyRanges(t, d.Dir, img, "p"); !slices.Equal(got, want) {
+		t.Errorf("p's dirty ranges: %v, want %v", got, want)
+	}
+
+	open()
+	wantBitmaps(t, d, "n", bm("p", 65536, 2*65536, true, true))
+	d.Cmd("block-dirty-bitmap-remove", map[string]any{"node": "n", "name": "p"})
+	if got := imageBitmaps(t, img); len(got) != 0 {
+		t.Errorf("after block-dirty-bitmap-remove the image still has %v", got)
+	}
+	d.Cmd("blockdev-del", map[string]any{"node-name": "n"})
+	run(t, "qemu-img", "check", img)
+}
