@@ -39,6 +39,7 @@ func TestDependencies(t *testing.T) {
 	}{
 		{"pkg/qmp", nil},
 		{"pkg/nbd", nil},
+		{"pkg/fuse", []string{"pkg/block"}},
 		{"pkg/block", nil},
 		{"pkg/chardev", []string{"pkg/qmp"}}, // knows nothing of blocks
 		{"pkg/jobs", []string{"pkg/block"}},
