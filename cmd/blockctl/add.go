@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"reflect"
 	"strings"
 	"text/tabwriter"
 
@@ -32,9 +31,7 @@ func blockdevArgs(args []string) (json.RawMessage, error) {
 // exportArgs does the same for block-export-add, like --export, whose
 // first item may be the bare type ("nbd,id=e0,node-name=top").
 func exportArgs(args []string) (json.RawMessage, error) {
-	return optionArgs(args, "type", func(kv map[string]any) (json.RawMessage, error) {
-		return blockdev.KeyvalTyped(kv, reflect.TypeOf(blockdev.ExportArgs{}), reflect.TypeOf(blockdev.NBDExportArgs{}))
-	})
+	return optionArgs(args, "type", blockdev.KeyvalExport)
 }
 
 func optionArgs(args []string, implied string, typed func(map[string]any) (json.RawMessage, error)) (json.RawMessage, error) {

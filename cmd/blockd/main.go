@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"reflect"
 	"strconv"
 	"strings"
 	"syscall"
@@ -59,6 +58,9 @@ A block-storage daemon compatible with qemu-storage-daemon 7.2's QMP.
   --export [type=]nbd,id=ID,node-name=NODE[,name=NAME][,writable=on]
            [,description=TEXT][,allocation-depth=on]
                              export a node over NBD
+  --export [type=]fuse,id=ID,node-name=NODE,mountpoint=FILE[,writable=on]
+           [,growable=on][,allow-other=on|off|auto]
+                             serve a node as the regular file FILE (FUSE)
   --metrics unix:PATH|tcp:HOST:PORT
                              serve Prometheus metrics at /metrics there
                              (off by default; blockd only, not qsd)
@@ -371,7 +373,7 @@ func (d *daemon) export(ctx context.Context, s string) error {
 		if err != nil {
 			return err
 		}
-		if raw, err = blockdev.KeyvalTyped(kv, reflect.TypeOf(blockdev.ExportArgs{}), reflect.TypeOf(blockdev.NBDExportArgs{})); err != nil {
+		if raw, err = blockdev.KeyvalExport(kv); err != nil {
 			return err
 		}
 	}

@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
+	"reflect"
 	"slices"
 
 	"github.com/blockd/blockd/pkg/block"
+	"github.com/blockd/blockd/pkg/fuse"
 	"github.com/blockd/blockd/pkg/nbd"
 	"github.com/blockd/blockd/pkg/qmp"
 )
@@ -19,13 +22,18 @@ type exportState struct {
 	srv       *nbd.Server
 	unixPath  string
 	serveDone chan struct{}
-	exports   []*export // in creation order
+	exports   []*export // of every type, in creation order
 }
 
+// export is one block export; exactly one of nbd and fuse is set.
 type export struct {
 	id   string
+	typ  ExportType
 	root *block.Root
 	nbd  *nbd.Export
+	fuse *fuse.Export
+	// mountpoint is a FUSE export's mountpoint as the client gave it.
+	mountpoint string
 }
 
 // SocketAddressLegacy is nbd-server-start's address: {"type", "data"}.
@@ -134,7 +142,7 @@ func (s *Server) startNBDLocked(l net.Listener, path string, maxConn *uint32) er
 			s.log.WithError(err).Warn("nbd: serve")
 		}
 	}()
-	s.exports = exportState{srv: srv, unixPath: path, serveDone: done}
+	s.exports.srv, s.exports.unixPath, s.exports.serveDone = srv, path, done
 	return nil
 }
 
@@ -148,23 +156,31 @@ func (s *Server) nbdServerStop(ctx context.Context, a *struct{}) (empty, error) 
 	return empty{}, nil
 }
 
-// stopNBDLocked deletes every export (BLOCK_EXPORT_DELETED each, in the
-// order they were made, as qsd), then closes the server.
+// stopNBDLocked deletes every NBD export (BLOCK_EXPORT_DELETED each, in
+// the order they were made, as qsd), then closes the server. Exports of
+// other types stay.
 func (s *Server) stopNBDLocked() {
 	for _, e := range slices.Clone(s.exports.exports) {
-		s.deleteExportLocked(e, true)
+		if e.nbd != nil {
+			s.deleteExportLocked(e, true)
+		}
 	}
 	s.exports.srv.Close()
 	<-s.exports.serveDone
 	if s.exports.unixPath != "" {
 		_ = os.Remove(s.exports.unixPath)
 	}
-	s.exports = exportState{}
+	s.exports.srv, s.exports.unixPath, s.exports.serveDone = nil, "", nil
 }
 
+// stopExports deletes every export, in the order they were made (FUSE
+// exports are unmounted), then stops the NBD server.
 func (s *Server) stopExports(ctx context.Context) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for _, e := range slices.Clone(s.exports.exports) {
+		s.deleteExportLocked(e, true)
+	}
 	if s.exports.srv != nil {
 		s.stopNBDLocked()
 	}
@@ -206,13 +222,38 @@ func (s *Server) blockExportAdd(ctx context.Context, raw json.RawMessage) (any, 
 	if err := qmp.Decode(args(raw), "", &head, &map[string]json.RawMessage{}); err != nil {
 		return nil, err
 	}
-	if head.Type != "nbd" {
-		return nil, fmt.Errorf("Export type '%s' is not supported by blockd", head.Type)
+	switch head.Type {
+	case "nbd":
+		if err := qmp.Decode(args(raw), "", &a, &n); err != nil {
+			return nil, err
+		}
+		return empty{}, s.addExport(ctx, &a, &n)
+	case "fuse":
+		var f FuseExportArgs
+		if err := qmp.Decode(args(raw), "", &a, &f); err != nil {
+			return nil, err
+		}
+		return empty{}, s.addFuseExport(ctx, &a, &f)
 	}
-	if err := qmp.Decode(args(raw), "", &a, &n); err != nil {
-		return nil, err
+	return nil, fmt.Errorf("Export type '%s' is not supported by blockd", head.Type)
+}
+
+// exportVariants are the Go types of block-export-add's members for each
+// export type blockd serves: the common ones, then the type's own.
+var exportVariants = map[ExportType][]reflect.Type{
+	"nbd":  {reflect.TypeOf(ExportArgs{}), reflect.TypeOf(NBDExportArgs{})},
+	"fuse": {reflect.TypeOf(ExportArgs{}), reflect.TypeOf(FuseExportArgs{})},
+}
+
+// KeyvalExport turns the command line's --export key=value tree into
+// block-export-add's arguments, typed by the export type's members.
+func KeyvalExport(tree map[string]any) (json.RawMessage, error) {
+	typ, _ := tree["type"].(string)
+	types, ok := exportVariants[ExportType(typ)]
+	if !ok {
+		types = exportVariants["nbd"] // the command names what is wrong
 	}
-	return empty{}, s.addExport(ctx, &a, &n)
+	return KeyvalTyped(tree, types...)
 }
 
 func (s *Server) addExport(ctx context.Context, a *ExportArgs, n *NBDExportArgs) error {
@@ -221,23 +262,14 @@ func (s *Server) addExport(ctx context.Context, a *ExportArgs, n *NBDExportArgs)
 	if s.exports.srv == nil {
 		return errors.New("NBD server not running")
 	}
-	if !block.ValidID(a.ID) {
-		return errors.New("Invalid block export id")
-	}
-	if s.findExport(a.ID) != nil {
-		return fmt.Errorf("Block export id '%s' is already in use", a.ID)
+	if err := s.checkExportIDLocked(a); err != nil {
+		return err
 	}
 	if len(n.Bitmaps) > 0 {
 		return errors.New("Exporting dirty bitmaps is not supported by blockd yet")
 	}
-	if a.IOThread != nil {
-		// blockd schedules I/O on goroutines; an iothread only has to exist.
-		s.G.Lock()
-		_, ok := s.G.Object(*a.IOThread).(*iothread)
-		s.G.Unlock()
-		if !ok {
-			return fmt.Errorf("iothread \"%s\" not found", *a.IOThread)
-		}
+	if err := s.checkIOThread(a); err != nil {
+		return err
 	}
 	name := a.NodeName
 	if n.Name != nil {
@@ -287,8 +319,133 @@ func (s *Server) addExport(ctx context.Context, a *ExportArgs, n *NBDExportArgs)
 		_ = s.exports.srv.RemoveExport(name, true)
 		return err
 	}
-	s.exports.exports = append(s.exports.exports, &export{id: a.ID, root: root, nbd: ex})
+	s.exports.exports = append(s.exports.exports, &export{id: a.ID, typ: a.Type, root: root, nbd: ex})
 	return nil
+}
+
+// checkExportIDLocked checks a new export's id, as every export type does
+// first. s.mu must be held.
+func (s *Server) checkExportIDLocked(a *ExportArgs) error {
+	if !block.ValidID(a.ID) {
+		return errors.New("Invalid block export id")
+	}
+	if s.findExport(a.ID) != nil {
+		return fmt.Errorf("Block export id '%s' is already in use", a.ID)
+	}
+	return nil
+}
+
+// checkIOThread checks that a new export's iothread exists.
+func (s *Server) checkIOThread(a *ExportArgs) error {
+	if a.IOThread == nil {
+		return nil
+	}
+	// blockd schedules I/O on goroutines; an iothread only has to exist.
+	s.G.Lock()
+	_, ok := s.G.Object(*a.IOThread).(*iothread)
+	s.G.Unlock()
+	if !ok {
+		return fmt.Errorf("iothread \"%s\" not found", *a.IOThread)
+	}
+	return nil
+}
+
+// FuseAllowOther is FuseExportAllowOther.
+type FuseAllowOther string
+
+// EnumValues implements qmp.Enum.
+func (FuseAllowOther) EnumValues() []string { return []string{"off", "on", "auto"} }
+
+// FuseExportArgs are block-export-add's members for type fuse.
+type FuseExportArgs struct {
+	Mountpoint string          `json:"mountpoint"`
+	Growable   *bool           `json:"growable,omitempty"`
+	AllowOther *FuseAllowOther `json:"allow-other,omitempty"`
+}
+
+// addFuseExport mounts a FUSE export. As in qsd, the export takes the
+// node's resize permission when it is writable or growable (a client may
+// truncate the file) and shares everything.
+func (s *Server) addFuseExport(ctx context.Context, a *ExportArgs, f *FuseExportArgs) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.checkExportIDLocked(a); err != nil {
+		return err
+	}
+	if err := s.checkIOThread(a); err != nil {
+		return err
+	}
+	writable := a.Writable != nil && *a.Writable
+	growable := f.Growable != nil && *f.Growable
+	perm := block.PermConsistentRead
+	if writable {
+		perm |= block.PermWrite
+	}
+	root, err := s.newExportRoot(a.NodeName, perm, block.PermAll)
+	if err != nil {
+		return err
+	}
+	// compat(qsd-7.2): resize is taken in a step of its own, so that a
+	// conflict over write is reported without it.
+	if writable || growable {
+		err = s.setRootPerm(root, perm|block.PermResize, block.PermAll)
+	}
+	var ex *fuse.Export
+	if err == nil {
+		ex, err = s.mountFuseLocked(root, writable, growable, a, f)
+	}
+	if err != nil {
+		s.detachRoot(root)
+		return err
+	}
+	s.exports.exports = append(s.exports.exports, &export{id: a.ID, typ: a.Type, root: root, fuse: ex, mountpoint: f.Mountpoint})
+	return nil
+}
+
+// newExportRoot makes an export's user of the node called name.
+func (s *Server) newExportRoot(name string, perm, shared block.Perm) (*block.Root, error) {
+	tx := s.G.Begin()
+	defer tx.Abort()
+	node := tx.Graph().Lookup(name)
+	if node == nil {
+		return nil, fmt.Errorf("Cannot find device='' nor node-name='%s'", name)
+	}
+	root, err := tx.NewRoot(node, block.RootOptions{Perm: perm, Shared: shared})
+	if err != nil {
+		return nil, err
+	}
+	return root, tx.Commit()
+}
+
+func (s *Server) setRootPerm(root *block.Root, perm, shared block.Perm) error {
+	tx := s.G.Begin()
+	defer tx.Abort()
+	tx.SetRootPerm(root, perm, shared)
+	return tx.Commit()
+}
+
+// mountFuseLocked mounts root's node over the mountpoint f names.
+func (s *Server) mountFuseLocked(root *block.Root, writable, growable bool, a *ExportArgs, f *FuseExportArgs) (*fuse.Export, error) {
+	// compat(qsd-7.2): qsd compares the mountpoint strings; blockd also
+	// compares the absolute paths (qsd hangs stat()ing its own mount).
+	abs, _ := filepath.Abs(f.Mountpoint)
+	for _, e := range s.exports.exports {
+		if e.fuse != nil && (e.mountpoint == f.Mountpoint || e.fuse.Mountpoint() == abs) {
+			return nil, fmt.Errorf("There already is a FUSE export on '%s'", f.Mountpoint)
+		}
+	}
+	allow := fuse.AllowOtherAuto
+	if f.AllowOther != nil {
+		allow = fuse.AllowOther(*f.AllowOther)
+	}
+	be := &nodeBackend{root: root, writethrough: a.Writethrough != nil && *a.Writethrough}
+	return fuse.Mount(be, fuse.Options{
+		Mountpoint: f.Mountpoint,
+		Writable:   writable,
+		Growable:   growable,
+		AllowOther: allow,
+		Logger:     s.log.WithField("component", "fuse").WithField("export", a.ID),
+	})
 }
 
 // minBlock is the NBD minimum block size of an export of n: its request
@@ -330,18 +487,25 @@ func (s *Server) blockExportDel(ctx context.Context, a *exportDelArgs) (empty, e
 		return empty{}, fmt.Errorf("Export '%s' is not found", a.ID)
 	}
 	hard := a.Mode != nil && *a.Mode == "hard"
-	if !hard && e.nbd.Clients() > 0 {
+	// compat(qsd-7.2): a FUSE export has no clients to wait for; its
+	// open files get ENOTCONN once it is unmounted.
+	if !hard && e.nbd != nil && e.nbd.Clients() > 0 {
 		return empty{}, fmt.Errorf("export '%s' still in use", a.ID)
 	}
 	s.deleteExportLocked(e, hard)
 	return empty{}, nil
 }
 
-// deleteExportLocked stops serving e, releases its node and emits
-// BLOCK_EXPORT_DELETED.
+// deleteExportLocked stops serving e (a FUSE export is unmounted),
+// releases its node and emits BLOCK_EXPORT_DELETED.
 func (s *Server) deleteExportLocked(e *export, hard bool) {
-	if err := s.exports.srv.RemoveExport(e.nbd.Name(), true); err != nil {
-		s.log.WithError(err).WithField("export", e.id).Warn("nbd: removing export")
+	switch {
+	case e.nbd != nil:
+		if err := s.exports.srv.RemoveExport(e.nbd.Name(), true); err != nil {
+			s.log.WithError(err).WithField("export", e.id).Warn("nbd: removing export")
+		}
+	case e.fuse != nil:
+		e.fuse.Close()
 	}
 	s.exports.exports = slices.DeleteFunc(s.exports.exports, func(x *export) bool { return x == e })
 	s.detachRoot(e.root)
@@ -364,7 +528,7 @@ func (s *Server) queryBlockExports(ctx context.Context, a *struct{}) ([]exportIn
 	// compat(qsd-7.2): newest export first.
 	for i := len(s.exports.exports) - 1; i >= 0; i-- {
 		e := s.exports.exports[i]
-		out = append(out, exportInfo{Type: "nbd", ID: e.id, NodeName: e.root.Node().Name()})
+		out = append(out, exportInfo{Type: string(e.typ), ID: e.id, NodeName: e.root.Node().Name()})
 	}
 	return out, nil
 }
@@ -387,6 +551,9 @@ func (s *Server) NBDLoad() (conns int, exports []ExportLoad) {
 	s.G.Lock()
 	defer s.G.Unlock()
 	for _, e := range s.exports.exports {
+		if e.nbd == nil {
+			continue
+		}
 		exports = append(exports, ExportLoad{ID: e.id, Node: e.root.Node().Name(),
 			Clients: e.nbd.Clients(), InFlight: e.nbd.InFlight()})
 	}
@@ -464,6 +631,39 @@ func (b *nodeBackend) Trim(ctx context.Context, off, n int64, fua bool) error {
 func (b *nodeBackend) Flush(ctx context.Context) error { return b.root.Flush(ctx) }
 
 func (b *nodeBackend) Cache(ctx context.Context, off, n int64) error { return nil }
+
+// Truncate resizes the node; the export's root holds the resize
+// permission when it may be asked to.
+func (b *nodeBackend) Truncate(ctx context.Context, size int64) error {
+	return b.root.Truncate(ctx, size, true)
+}
+
+// AllocatedSize is what query-block reports as the node's actual size.
+func (b *nodeBackend) AllocatedSize() int64 {
+	var n int64
+	_ = b.root.Do(func(c *block.Child) error {
+		if v := actualSize(c.Node()); v != nil {
+			n = *v
+		}
+		return nil
+	})
+	return n
+}
+
+func (b *nodeBackend) RequestAlign() int64 {
+	return int64(b.root.Node().Caps().Limits.RequestAlign)
+}
+
+// DataAt looks through the whole chain, as BlockStatus does.
+func (b *nodeBackend) DataAt(ctx context.Context, off int64) (data bool, n int64, err error) {
+	err = b.root.Do(func(c *block.Child) error {
+		top := c.Node()
+		st, err := block.StatusAbove(ctx, top, nil, off, top.Size()-off)
+		data, n = st.Data, st.Len
+		return err
+	})
+	return data, n, err
+}
 
 // BlockStatus reports what the node's whole chain says, looking through
 // filters: holes are ranges no layer allocates.

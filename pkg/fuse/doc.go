@@ -22,9 +22,10 @@
 //     read-only export EROFS, a size change on a read-only export EACCES.
 //   - fallocate: EACCES unless writable. Mode 0 only at or past the end
 //     (it grows the node; inside it is EOPNOTSUPP); punch-hole (with
-//     keep-size) discards through write-zeroes that may unmap and must not
-//     fall back; zero-range writes zeroes, growing the node first unless
-//     keep-size; anything else EOPNOTSUPP.
+//     keep-size) is a discard, so the range reads back as zeroes only where
+//     the node really drops data (qsd 7.2 does the same); zero-range
+//     writes zeroes, growing the node first unless keep-size; anything
+//     else EOPNOTSUPP. A range past the end is EIO.
 //   - fsync and flush (every close) flush the node; lseek answers
 //     SEEK_DATA and SEEK_HOLE from the node's block status.
 //

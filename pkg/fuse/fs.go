@@ -24,6 +24,8 @@ type Backend interface {
 	// fast makes it fail with block.ErrNotSupported instead of writing
 	// zeroes the slow way.
 	Zero(ctx context.Context, off, n int64, mayTrim, fua, fast bool) error
+	// Trim discards [off, off+n): the node may drop the data, or not.
+	Trim(ctx context.Context, off, n int64, fua bool) error
 	Flush(ctx context.Context) error
 	// Truncate resizes the node; new space reads as zeroes.
 	Truncate(ctx context.Context, size int64) error
@@ -292,35 +294,31 @@ func (fs *fileSystem) fallocate(ctx context.Context, mode uint32, off, n int64) 
 		if mode&unix.FALLOC_FL_KEEP_SIZE == 0 {
 			return gofuse.EINVAL
 		}
-		if err := fs.zero(ctx, off, n, true); err != nil {
-			if block.ErrnoOf(err) == syscall.ENOTSUP {
-				return gofuse.Status(syscall.EOPNOTSUPP)
-			}
-			return status(err)
-		}
-		return gofuse.OK
+		// compat(qsd-7.2): a punched hole is a discard, so whether it
+		// reads back as zeroes depends on the node's discard option.
+		return status(fs.inRange(off, n, func() error { return fs.b.Trim(ctx, off, n, false) }))
 	case mode&unix.FALLOC_FL_ZERO_RANGE != 0:
 		if mode&unix.FALLOC_FL_KEEP_SIZE == 0 && off+n > size {
 			if err := fs.b.Truncate(ctx, off+n); err != nil {
 				return status(err)
 			}
 		}
-		return status(fs.zero(ctx, off, n, false))
+		return status(fs.inRange(off, n, func() error { return fs.b.Zero(ctx, off, n, false, false, false) }))
 	}
 	return gofuse.Status(syscall.EOPNOTSUPP)
 }
 
-// zero zeroes [off, off+n): punch deallocates and must not fall back to
-// writing zeroes. A range that starts past the end is an I/O error (as in
-// qsd); an empty one does nothing.
-func (fs *fileSystem) zero(ctx context.Context, off, n int64, punch bool) error {
+// inRange runs op on [off, off+n) if that range lies inside the node: a
+// range reaching past the end is an I/O error (as in qsd), an empty one
+// does nothing.
+func (fs *fileSystem) inRange(off, n int64, op func() error) error {
 	switch {
 	case n < 0 || off < 0 || off > fs.b.Size()-n:
 		return syscall.EIO
 	case n == 0:
 		return nil
 	}
-	return fs.b.Zero(ctx, off, n, punch, false, punch)
+	return op()
 }
 
 func (fs *fileSystem) Flush(cancel <-chan struct{}, in *gofuse.FlushIn) gofuse.Status {

@@ -22,7 +22,6 @@ type memBackend struct {
 	mu      sync.Mutex
 	data    []byte
 	alloc   map[int64]bool // 4 KiB block index -> holds data
-	noPunch bool           // Zero with fast fails like a driver without discard
 	flushes int
 }
 
@@ -74,9 +73,6 @@ func (m *memBackend) Zero(ctx context.Context, off, n int64, mayTrim, fua, fast 
 	if err := m.check(off, n); err != nil {
 		return err
 	}
-	if fast && m.noPunch {
-		return block.ErrNotSupported
-	}
 	clear(m.data[off : off+n])
 	if mayTrim {
 		for b := (off + memBlock - 1) / memBlock; (b+1)*memBlock <= off+n; b++ {
@@ -92,6 +88,10 @@ func (m *memBackend) at(off int64) byte {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.data[off]
+}
+
+func (m *memBackend) Trim(ctx context.Context, off, n int64, fua bool) error {
+	return m.Zero(ctx, off, n, true, fua, false)
 }
 
 func (m *memBackend) Flush(ctx context.Context) error {

@@ -48,8 +48,18 @@ type Export struct {
 }
 
 // ErrMount is the class of a mount that failed after the mountpoint was
-// found usable; errors.Is finds the errno (EPERM without CAP_SYS_ADMIN).
+// found usable; errors.Is also finds the errno (EPERM without
+// CAP_SYS_ADMIN).
 var ErrMount = errors.New("Failed to mount FUSE session to export")
+
+// mountError is qsd's message for a failed mount with the reason added.
+type mountError struct{ cause error }
+
+func (e *mountError) Error() string {
+	return ErrMount.Error() + ": " + block.Strerror(e.cause)
+}
+
+func (e *mountError) Unwrap() []error { return []error{ErrMount, e.cause} }
 
 // Mount serves b as a regular file over o.Mountpoint.
 func Mount(b Backend, o Options) (*Export, error) {
@@ -81,7 +91,7 @@ func Mount(b Backend, o Options) (*Export, error) {
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMount, err)
+		return nil, &mountError{err}
 	}
 	e := &Export{fs: fs, path: path, served: make(chan struct{}), log: o.Logger}
 	// go-fuse serves a /dev/fuse descriptor it is handed as /dev/fd/N;
@@ -92,7 +102,7 @@ func Mount(b Backend, o Options) (*Export, error) {
 	})
 	if err != nil {
 		_ = syscall.Unmount(path, syscall.MNT_FORCE|syscall.MNT_DETACH)
-		return nil, fmt.Errorf("%w: %w", ErrMount, err)
+		return nil, &mountError{err}
 	}
 	go func() {
 		defer close(e.served)
