@@ -337,14 +337,18 @@ func (s *Server) checkExportIDLocked(a *ExportArgs) error {
 
 // checkIOThread checks that a new export's iothread exists.
 func (s *Server) checkIOThread(a *ExportArgs) error {
+	s.G.Lock()
+	defer s.G.Unlock()
+	return checkIOThreadLocked(s.G, a)
+}
+
+// checkIOThreadLocked is checkIOThread with the graph lock held.
+func checkIOThreadLocked(g *block.Graph, a *ExportArgs) error {
 	if a.IOThread == nil {
 		return nil
 	}
 	// blockd schedules I/O on goroutines; an iothread only has to exist.
-	s.G.Lock()
-	_, ok := s.G.Object(*a.IOThread).(*iothread)
-	s.G.Unlock()
-	if !ok {
+	if _, ok := g.Object(*a.IOThread).(*iothread); !ok {
 		return fmt.Errorf("iothread \"%s\" not found", *a.IOThread)
 	}
 	return nil
@@ -372,16 +376,13 @@ func (s *Server) addFuseExport(ctx context.Context, a *ExportArgs, f *FuseExport
 	if err := s.checkExportIDLocked(a); err != nil {
 		return err
 	}
-	if err := s.checkIOThread(a); err != nil {
-		return err
-	}
 	writable := a.Writable != nil && *a.Writable
 	growable := f.Growable != nil && *f.Growable
 	perm := block.PermConsistentRead
 	if writable {
 		perm |= block.PermWrite
 	}
-	root, err := s.newExportRoot(a.NodeName, perm, block.PermAll)
+	root, err := s.newExportRoot(a, perm, block.PermAll)
 	if err != nil {
 		return err
 	}
@@ -402,13 +403,21 @@ func (s *Server) addFuseExport(ctx context.Context, a *ExportArgs, f *FuseExport
 	return nil
 }
 
-// newExportRoot makes an export's user of the node called name.
-func (s *Server) newExportRoot(name string, perm, shared block.Perm) (*block.Root, error) {
+// newExportRoot makes a new export's user of its node, after the checks
+// qsd 7.2 makes for every export type, in its order: the node, writable
+// on a read-only node, the iothread.
+func (s *Server) newExportRoot(a *ExportArgs, perm, shared block.Perm) (*block.Root, error) {
 	tx := s.G.Begin()
 	defer tx.Abort()
-	node := tx.Graph().Lookup(name)
+	node := tx.Graph().Lookup(a.NodeName)
 	if node == nil {
-		return nil, fmt.Errorf("Cannot find device='' nor node-name='%s'", name)
+		return nil, fmt.Errorf("Cannot find device='' nor node-name='%s'", a.NodeName)
+	}
+	if perm&block.PermWrite != 0 && node.ReadOnly() {
+		return nil, errors.New("Cannot export read-only node as writable")
+	}
+	if err := checkIOThreadLocked(tx.Graph(), a); err != nil {
+		return nil, err
 	}
 	root, err := tx.NewRoot(node, block.RootOptions{Perm: perm, Shared: shared})
 	if err != nil {

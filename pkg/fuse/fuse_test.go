@@ -321,6 +321,14 @@ func TestModes(t *testing.T) {
 		if err == nil && st.Mode().Perm() != tc.mode {
 			t.Errorf("allow-other %s: mode %o after chmod %o", tc.allow, st.Mode().Perm(), tc.mode)
 		}
+		// Only an export others may use can be given to another owner.
+		err = os.Chown(path, 1, 1)
+		if want := tc.allow == AllowOtherOff; errors.Is(err, syscall.ENOTSUP) != want {
+			t.Errorf("allow-other %s: chown: %v", tc.allow, err)
+		}
+		if st, _ := os.Stat(path); err == nil && st.Sys().(*syscall.Stat_t).Uid != 1 {
+			t.Errorf("allow-other %s: owner %d after chown 1", tc.allow, st.Sys().(*syscall.Stat_t).Uid)
+		}
 	}
 }
 

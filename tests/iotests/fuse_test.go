@@ -281,6 +281,7 @@ func TestFUSEExportErrors(t *testing.T) {
 	requireFUSE(t)
 	d := start(t)
 	addQcow2(t, d, "disk", "1M")
+	d.Cmd("blockdev-add", map[string]any{"driver": "null-co", "node-name": "ro", "read-only": true})
 	mnt := mountpoint(t, d, "disk.mnt")
 	if err := os.Mkdir(d.Path("dir"), 0o755); err != nil {
 		t.Fatal(err)
@@ -310,6 +311,8 @@ func TestFUSEExportErrors(t *testing.T) {
 		{fuse("growable", "yes"), "Invalid parameter type for 'growable', expected: boolean"},
 		{fuse("name", "x"), "Parameter 'name' is unexpected"},
 		{fuse("iothread", "nosuch"), "iothread \"nosuch\" not found"},
+		{fuse("node-name", "ro", "writable", true, "iothread", "nosuch"), "Cannot export read-only node as writable"},
+		{fuse("node-name", "nosuch", "iothread", "nosuch"), "Cannot find device='' nor node-name='nosuch'"},
 		// qcow2 does not share write on its file: the node is in use.
 		{fuse("node-name", "disk-file", "writable", true), "Permission conflict on node 'disk-file': permissions 'write' are both required by an unnamed block device (uses node 'disk-file' as 'root' child) and unshared by node 'disk' (uses node 'disk-file' as 'file' child)."},
 	} {
