@@ -37,6 +37,7 @@ type ObjectOptions struct{}
 // that the handler accepts exactly these.
 var exportTypes = []qmp.Variant{
 	{Case: "nbd", Type: reflect.TypeFor[NBDExportArgs]()},
+	{Case: "fuse", Type: reflect.TypeFor[FuseExportArgs]()},
 }
 
 // objectTypes are the object-add types objectAdd accepts.

@@ -83,7 +83,7 @@ func delExport(t *testing.T, d *Daemon, id string) {
 
 // addQcow2 makes a qcow2 image, runs the qemu-io commands on it and adds
 // it as node name (its file node is name-file).
-func addQcow2(t *testing.T, d *Daemon, name, size string, qemuIO ...string) string {
+func addFuseQcow2(t *testing.T, d *Daemon, name, size string, qemuIO ...string) string {
 	t.Helper()
 	img := d.Path(name + ".qcow2")
 	run(t, "qemu-img", "create", "-q", "-f", "qcow2", img, size)
@@ -101,7 +101,7 @@ func addQcow2(t *testing.T, d *Daemon, name, size string, qemuIO ...string) stri
 func TestFUSEExportData(t *testing.T) {
 	requireFUSE(t)
 	d := start(t)
-	img := addQcow2(t, d, "disk", "64M")
+	img := addFuseQcow2(t, d, "disk", "64M")
 	mnt := mountpoint(t, d, "disk.mnt")
 	addFUSE(t, d, map[string]any{"id": "e0", "node-name": "disk", "mountpoint": mnt, "writable": true})
 
@@ -176,7 +176,7 @@ func TestFUSEExportData(t *testing.T) {
 func TestFUSEExportReadOnly(t *testing.T) {
 	requireFUSE(t)
 	d := start(t)
-	img := addQcow2(t, d, "disk", "4M", "write -P 0x33 0 64k")
+	img := addFuseQcow2(t, d, "disk", "4M", "write -P 0x33 0 64k")
 	mnt := mountpoint(t, d, "ro.mnt")
 	addFUSE(t, d, map[string]any{"id": "ro", "node-name": "disk", "mountpoint": mnt})
 	var st syscall.Stat_t
@@ -280,7 +280,7 @@ func wantSize(t *testing.T, mnt, img string, want int64) {
 func TestFUSEExportErrors(t *testing.T) {
 	requireFUSE(t)
 	d := start(t)
-	addQcow2(t, d, "disk", "1M")
+	addFuseQcow2(t, d, "disk", "1M")
 	d.Cmd("blockdev-add", map[string]any{"driver": "null-co", "node-name": "ro", "read-only": true})
 	mnt := mountpoint(t, d, "disk.mnt")
 	if err := os.Mkdir(d.Path("dir"), 0o755); err != nil {
@@ -420,7 +420,7 @@ func TestFUSEExportShutdown(t *testing.T) {
 	for _, how := range []string{"quit", "SIGTERM"} {
 		t.Run(how, func(t *testing.T) {
 			d := start(t)
-			img := addQcow2(t, d, "disk", "4M")
+			img := addFuseQcow2(t, d, "disk", "4M")
 			mnt := mountpoint(t, d, "disk.mnt")
 			addFUSE(t, d, map[string]any{"id": "f0", "node-name": "disk", "mountpoint": mnt, "writable": true})
 			startNBD(d)
