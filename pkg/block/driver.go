@@ -180,6 +180,13 @@ type Reopener interface {
 	PrepareReopen(ctx context.Context, opts any) (commit, abort func(), err error)
 }
 
+// ReopenRefuser is implemented by drivers that cannot be reopened at all
+// (QEMU's drivers without a reopen handler, such as quorum): blockdev-reopen
+// of such a node fails, even with unchanged options.
+type ReopenRefuser interface {
+	RefuseReopen()
+}
+
 // ReadOnlyChanger is implemented by drivers that must act when their
 // node's read-only state changes at run time (reopen, snapshots): a file
 // opened read-only reopens its descriptor read-write; a format writes its

@@ -67,6 +67,10 @@ func (t *Txn) reopen(ctx context.Context, raw json.RawMessage) (*Node, error) {
 	if !boolEq(n.common.ForceShare, common.ForceShare) {
 		return nil, errors.New("Cannot change the option 'force-share'")
 	}
+	if _, ok := n.impl.(ReopenRefuser); ok {
+		// compat(qsd-7.2): bdrv_reopen_prepare without a driver handler.
+		return nil, fmt.Errorf("Block format '%s' used by node '%s' does not support reopening files", n.drv.Name, name)
+	}
 	t.Drain(n)
 
 	// Read-only goes parent first (it writes its caches back while its

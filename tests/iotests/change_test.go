@@ -280,3 +280,16 @@ func TestBlockdevAmend(t *testing.T) {
 		t.Errorf("image gained encryption: %s", out)
 	}
 }
+
+// TestQuorumReopenRefused: QEMU's quorum has no reopen handler, so qsd
+// refuses blockdev-reopen of a quorum node even with its options as they
+// are; the quorum keeps working.
+func TestQuorumReopenRefused(t *testing.T) {
+	d := start(t)
+	addFiles(t, d, 3)
+	opts := map[string]any{"driver": "quorum", "node-name": "q", "vote-threshold": 2, "children": []string{"f0", "f1", "f2"}}
+	d.Cmd("blockdev-add", opts)
+	d.MustFail("blockdev-reopen", map[string]any{"options": []any{opts}}, "GenericError",
+		"Block format 'quorum' used by node 'q' does not support reopening files")
+	d.Cmd("blockdev-del", map[string]any{"node-name": "q"})
+}

@@ -492,3 +492,7 @@ func (q *Quorum) CanReplace(to *block.Node) bool {
 	}
 	return false
 }
+
+// RefuseReopen implements block.ReopenRefuser: QEMU's quorum has no
+// reopen handler, so qsd refuses blockdev-reopen of a quorum node.
+func (q *Quorum) RefuseReopen() {}
