@@ -259,17 +259,29 @@ func KeyvalExport(tree map[string]any) (json.RawMessage, error) {
 func (s *Server) addExport(ctx context.Context, a *ExportArgs, n *NBDExportArgs) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.exports.srv == nil {
-		return errors.New("NBD server not running")
-	}
 	if err := s.checkExportIDLocked(a); err != nil {
 		return err
 	}
+	writable := a.Writable != nil && *a.Writable
+	tx := s.G.Begin()
+	defer tx.Abort()
+	// compat(qsd-7.2): the node, read-only against writable and the
+	// iothread are checked before anything of the NBD server's.
+	node := tx.Graph().Lookup(a.NodeName)
+	if node == nil {
+		return fmt.Errorf("Cannot find device='' nor node-name='%s'", a.NodeName)
+	}
+	if writable && node.ReadOnly() {
+		return errors.New("Cannot export read-only node as writable")
+	}
+	if err := checkIOThreadLocked(tx.Graph(), a); err != nil {
+		return err
+	}
+	if s.exports.srv == nil {
+		return errors.New("NBD server not running")
+	}
 	if len(n.Bitmaps) > 0 {
 		return errors.New("Exporting dirty bitmaps is not supported by blockd yet")
-	}
-	if err := s.checkIOThread(a); err != nil {
-		return err
 	}
 	name := a.NodeName
 	if n.Name != nil {
@@ -280,13 +292,6 @@ func (s *Server) addExport(ctx context.Context, a *ExportArgs, n *NBDExportArgs)
 	}
 	if s.exports.srv.Export(name) != nil {
 		return fmt.Errorf("NBD server already has export named '%s'", name)
-	}
-	writable := a.Writable != nil && *a.Writable
-	tx := s.G.Begin()
-	defer tx.Abort()
-	node := tx.Graph().Lookup(a.NodeName)
-	if node == nil {
-		return fmt.Errorf("Cannot find device='' nor node-name='%s'", a.NodeName)
 	}
 	perm := block.PermConsistentRead
 	if writable {
@@ -335,14 +340,8 @@ func (s *Server) checkExportIDLocked(a *ExportArgs) error {
 	return nil
 }
 
-// checkIOThread checks that a new export's iothread exists.
-func (s *Server) checkIOThread(a *ExportArgs) error {
-	s.G.Lock()
-	defer s.G.Unlock()
-	return checkIOThreadLocked(s.G, a)
-}
-
-// checkIOThreadLocked is checkIOThread with the graph lock held.
+// checkIOThreadLocked checks, with the graph lock held, that a new
+// export's iothread exists.
 func checkIOThreadLocked(g *block.Graph, a *ExportArgs) error {
 	if a.IOThread == nil {
 		return nil

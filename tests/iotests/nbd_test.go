@@ -372,3 +372,22 @@ func TestNBDNegotiationLimits(t *testing.T) {
 		}
 	}
 }
+
+// TestNBDExportAddChecks: block-export-add checks the node, then
+// read-only against writable, and only then whether the NBD server runs,
+// as qsd 7.2 does.
+func TestNBDExportAddChecks(t *testing.T) {
+	d := start(t)
+	mkRaw(t, d.Path("a.raw"), "1M")
+	d.Cmd("blockdev-add", map[string]any{"driver": "file", "node-name": "ro", "filename": d.Path("a.raw"), "read-only": true})
+	d.MustFail("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "nosuch"}, "GenericError",
+		"Cannot find device='' nor node-name='nosuch'")
+	d.MustFail("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "ro", "writable": true}, "GenericError",
+		"Cannot export read-only node as writable")
+	d.MustFail("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "ro"}, "GenericError",
+		"NBD server not running")
+	startNBD(d)
+	d.MustFail("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "ro", "writable": true}, "GenericError",
+		"Cannot export read-only node as writable")
+	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "ro"})
+}
