@@ -23,14 +23,28 @@ func ResolveBacking(image, backing string) string {
 	return filepath.Join(filepath.Dir(image), backing)
 }
 
+// HasProtocolPrefix reports whether QEMU would read a file name as
+// "protocol:rest" rather than as a path: a colon comes before any slash.
+// That takes in json: pseudo-filenames, "nbd://host/x", "nbd:host:port",
+// "ssh:host" and "file:/x" alike; absolute paths never have one, and
+// "dir/a:b" is a path.
+func HasProtocolPrefix(name string) bool {
+	i := strings.IndexByte(name, ':')
+	return i >= 0 && !strings.Contains(name[:i], "/")
+}
+
 // AttachBacking opens the backing file an image header names and links it
 // as the node's COW child, read-only, the way QEMU opens chains: format
-// from the header (probed when empty), file protocol only. Protocol names
-// and json: names in headers are refused: an image must not make the
-// daemon open network connections (CVE-2024-4467).
+// from the header (probed when empty), file protocol only.
+//
+// A name QEMU would read as a protocol or a json: pseudo-filename is
+// refused: the header of an untrusted image must not make the daemon
+// connect to a server or open a node the user never named (the
+// CVE-2024-4467 class). qsd 7.2 still follows such backing names from
+// headers; a user who wants that chain names the backing in blockdev-add.
 func (o *Opener) AttachBacking(ctx context.Context, backing, format string) (*Child, error) {
 	image := o.node.Filename()
-	if strings.HasPrefix(backing, "json:") || strings.Contains(backing, "://") || strings.Contains(backing, ":/") && !strings.HasPrefix(backing, "/") {
+	if HasProtocolPrefix(backing) {
 		return nil, Errorf(ErrInvalid, "Could not open backing file of '%s': backing file name '%s' is not a plain file name", image, backing)
 	}
 	path := ResolveBacking(image, backing)

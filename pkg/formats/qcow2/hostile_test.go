@@ -148,6 +148,12 @@ func hostileCases() []hostileCase {
 		{name: "backing-missing", patch: setBacking("nonexistent.qcow2"), openErr: "Could not open backing file"},
 		{name: "backing-self", patch: setBacking("h.qcow2"), openErr: "backing file loop"},
 		{name: "backing-protocol", patch: setBacking("nbd://example.com/x"), openErr: "is not a plain file name"},
+		// The CVE-2024-4467 class: what QEMU reads as a protocol or a
+		// json: pseudo-filename is never followed from a header.
+		{name: "backing-protocol-colon", patch: setBacking("nbd:127.0.0.1:1"), openErr: "is not a plain file name"},
+		{name: "backing-ssh", patch: setBacking("ssh:localhost"), openErr: "is not a plain file name"},
+		{name: "backing-json", patch: setBacking(`json:{"driver":"file","filename":"/etc/passwd"}`), openErr: "is not a plain file name"},
+		{name: "backing-file-prefix", patch: setBacking("file:/etc/passwd"), openErr: "is not a plain file name"},
 		// Run time: bad tables.
 		{name: "l2-offset-unaligned", patch: u64(hL1, 1<<63|0x4200), io: readFirst, ioErr: "L2 table offset 0x4200 unaligned", corrupt: true},
 		{name: "l2-offset-eof", patch: u64(hL1, 1<<63|0x100000), io: readFirst, ioErr: "beyond the end of the image file", corrupt: true},
