@@ -138,6 +138,8 @@ func hostileCases() []hostileCase {
 		{name: "l1-small", patch: u32(36, 0), openErr: "L1 table is too small"},
 		{name: "size-huge", patch: u64(24, 1<<62), openErr: "Image is too big"},
 		{name: "reftable-huge", patch: u32(56, 0x7fffffff), openErr: "Reference count table too large"},
+		{name: "reftable-empty", patch: u32(56, 0), openErr: "Image does not contain a reference count table"},
+		{name: "l1-index-zero-hex", patch: u64(hL1, 1<<63|0x4200), io: readFirst, ioErr: "L2 table offset 0x4200 unaligned (L1 index: 0)", corrupt: true},
 		{name: "reftable-unaligned", patch: u64(48, hRefTable+8), openErr: "Reference count table offset invalid"},
 		{name: "backing-offset", patch: both(u64(8, 70000), u32(16, 5)), openErr: "Invalid backing file offset"},
 		{name: "backing-name-long", patch: both(u64(8, 1000), u32(16, 3000)), openErr: "Backing file name too long"},

@@ -137,10 +137,10 @@ func (q *image) l2OffsetLocked(ctx context.Context, l1i int64) (int64, error) {
 		return 0, nil
 	}
 	if off&(q.clusterSize-1) != 0 {
-		return 0, q.corruptLocked(ctx, off, -1, "L2 table offset %#x unaligned (L1 index: %#x)", off, l1i)
+		return 0, q.corruptLocked(ctx, -1, -1, "L2 table offset %s unaligned (L1 index: %s)", cHex(off), cHex(l1i))
 	}
 	if off >= q.fileEnd {
-		return 0, q.corruptLocked(ctx, off, -1, "L2 table offset %#x beyond the end of the image file (L1 index: %#x)", off, l1i)
+		return 0, q.corruptLocked(ctx, off, -1, "L2 table offset %s beyond the end of the image file (L1 index: %s)", cHex(off), cHex(l1i))
 	}
 	return off, nil
 }
@@ -182,13 +182,13 @@ func (q *image) decodeAtLocked(ctx context.Context, b []byte, l2off, l2i int64) 
 	s, problem := q.decode(w0, w1)
 	switch {
 	case problem == "unaligned":
-		return s, q.corruptLocked(ctx, s.host, -1, "Cluster allocation offset %#x unaligned (L2 offset: %#x, L2 index: %#x)", s.host, l2off, l2i)
+		return s, q.corruptLocked(ctx, -1, -1, "Cluster allocation offset %s unaligned (L2 offset: %s, L2 index: %s)", cHex(s.host), cHex(l2off), cHex(l2i))
 	case problem != "":
-		return s, q.corruptLocked(ctx, l2off+l2i*q.l2EntryBytes, q.l2EntryBytes, "Invalid cluster entry %#016x %#016x: %s (L2 offset: %#x, L2 index: %#x)", w0, w1, problem, l2off, l2i)
+		return s, q.corruptLocked(ctx, l2off+l2i*q.l2EntryBytes, q.l2EntryBytes, "Invalid cluster entry %#016x %#016x: %s (L2 offset: %s, L2 index: %s)", w0, w1, problem, cHex(l2off), cHex(l2i))
 	case s.typ != ctCompressed && s.host >= q.fileEnd:
-		return s, q.corruptLocked(ctx, s.host, q.clusterSize, "Cluster offset %#x beyond the end of the image file (L2 offset: %#x, L2 index: %#x)", s.host, l2off, l2i)
+		return s, q.corruptLocked(ctx, s.host, q.clusterSize, "Cluster offset %s beyond the end of the image file (L2 offset: %s, L2 index: %s)", cHex(s.host), cHex(l2off), cHex(l2i))
 	case s.typ == ctCompressed && (s.host < q.clusterSize || s.host >= q.fileEnd):
-		return s, q.corruptLocked(ctx, s.host, s.csize, "Compressed cluster offset %#x outside the image file (L2 offset: %#x, L2 index: %#x)", s.host, l2off, l2i)
+		return s, q.corruptLocked(ctx, s.host, s.csize, "Compressed cluster offset %s outside the image file (L2 offset: %s, L2 index: %s)", cHex(s.host), cHex(l2off), cHex(l2i))
 	}
 	return s, nil
 }

@@ -292,6 +292,11 @@ func (q *image) checkTables() error {
 	if uint64(h.rtClusters)<<q.clusterBits > maxRefTableBytes {
 		return errHeader(block.ErrInvalid, "Reference count table too large")
 	}
+	if h.rtClusters == 0 {
+		// Nothing could be allocated: QEMU refuses it at open, before
+		// looking at the offset.
+		return errHeader(block.ErrInvalid, "Image does not contain a reference count table")
+	}
 	if !q.validTableOffset(h.rtOffset, uint64(h.rtClusters)<<q.clusterBits, 1) {
 		return errHeader(block.ErrCorrupt, "Reference count table offset invalid")
 	}
@@ -576,6 +581,16 @@ type CorruptedEvent struct {
 	Offset   *int64 `json:"offset,omitempty"`
 	Size     *int64 `json:"size,omitempty"`
 	Fatal    bool   `json:"fatal"`
+}
+
+// cHex formats a number in a corruption message as QEMU does, with C's
+// "%#x": zero is plain "0", not "0x0", so that "(L1 index: 0)" reads the
+// same from both daemons.
+func cHex(v int64) string {
+	if v == 0 {
+		return "0"
+	}
+	return fmt.Sprintf("%#x", v)
 }
 
 // corruptLocked reports corruption found at run time, the way QEMU does:

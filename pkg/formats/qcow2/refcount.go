@@ -54,7 +54,7 @@ func (q *image) rbOffsetLocked(ctx context.Context, rt int64) (int64, error) {
 	}
 	off := int64(q.reftable[rt] & refOffsetMask)
 	if off&(q.clusterSize-1) != 0 {
-		return 0, q.corruptLocked(ctx, off, -1, "Refblock offset %#x unaligned (reftable index: %#x)", off, rt)
+		return 0, q.corruptLocked(ctx, -1, -1, "Refblock offset %s unaligned (reftable index: %s)", cHex(off), cHex(rt))
 	}
 	return off, nil
 }
