@@ -4,9 +4,11 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 )
 
@@ -486,4 +488,86 @@ func imageCheck(t *testing.T, p string) checkResult {
 	info, _ := runErr("qemu-img", "info", "--output=json", "-U", p)
 	cr.Corrupt = strings.Contains(info, `"corrupt": true`)
 	return cr
+}
+
+// TestHeaderNamesNoProtocol: the CVE-2024-4467 class. A backing or data
+// file name in an untrusted image's header that names a protocol (or is
+// a json: pseudo-filename) must not make blockd connect anywhere. A
+// listener stands in for the server such a name points at and counts
+// connections.
+//
+// qsd 7.2.22 (with the CVE fix) reads a data file name as a plain file
+// name, but still follows protocol and json: backing names from headers;
+// blockd refuses both kinds, and a user who wants such a chain names the
+// backing in blockdev-add.
+func TestHeaderNamesNoProtocol(t *testing.T) {
+	d := start(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var conns atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			c.Close()
+		}
+	}()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	nbdName := "nbd:127.0.0.1:" + port
+	// The options are those of the backing's protocol node: -F raw names
+	// the format.
+	jsonName := `json:{"file":{"driver":"nbd","server":{"type":"inet","host":"127.0.0.1","port":"` + port + `"},"export":"x"}}`
+	cases := []struct {
+		name string
+		make func(p string)
+		// qsdFollows: qsd opens what the name says.
+		qsdFollows bool
+	}{
+		{"backing nbd:", func(p string) {
+			run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", nbdName, "-F", "raw", p, "1M")
+		}, true},
+		{"backing nbd://", func(p string) {
+			run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "nbd://127.0.0.1:"+port+"/x", "-F", "raw", p, "1M")
+		}, true},
+		{"backing json:", func(p string) {
+			run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", jsonName, "-F", "raw", p, "1M")
+		}, true},
+		{"data file nbd:", func(p string) {
+			run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "data_file="+p+".data", p, "1M")
+			run(t, "qemu-img", "amend", "-o", "data_file="+nbdName, p)
+		}, false},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p := d.Path(fmt.Sprintf("n%d.qcow2", i))
+			c.make(p)
+			before := conns.Load()
+			_, qerr := d.Try("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "n", "read-only": true,
+				"file": map[string]any{"driver": "file", "filename": p}})
+			connected := conns.Load() != before
+			t.Logf("blockdev-add: %v; connected: %v", qerr, connected)
+			if qerr == nil {
+				d.Cmd("blockdev-del", map[string]any{"node-name": "n"})
+			}
+			if isQSD() && c.qsdFollows {
+				// Recorded so that a change in qsd shows up here.
+				if !connected {
+					t.Errorf("qsd no longer follows the name")
+				}
+				return
+			}
+			if qerr == nil || connected {
+				t.Errorf("the header's name was followed: error %v, connected %v", qerr, connected)
+			}
+		})
+	}
+	if n := namedNodes(d, true); len(n) != 0 {
+		t.Errorf("nodes left: %v", n)
+	}
 }
