@@ -134,6 +134,7 @@ func (s *Server) handlers() map[string]qmp.Handler {
 		"blockdev-snapshot-delete-internal-sync": qmp.Command(s.blockdevSnapshotDeleteInternalSync),
 	}
 	m["x-debug-block-dirty-bitmap-sha256"] = qmp.Command(s.xDebugBitmapSHA256)
+	m["blockdev-backup"] = qmp.Command(s.blockdevBackup)
 	for name, c := range bitmapCommands {
 		m[name] = c.handler(s)
 	}

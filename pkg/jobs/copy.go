@@ -34,6 +34,17 @@ type Copy struct {
 	// Target is the node Do writes to, if any: its storage writes behind
 	// while the copy runs (see block.WriteBehinder).
 	Target *block.Node
+	// OwnProgress: the body counts progress itself (a backup counts only
+	// what it copies, by its job or by a guest write's copy-before-write,
+	// and its length is what it has to copy, not the disk): the loop adds
+	// none, neither for skipped ranges nor for copied or ignored chunks.
+	OwnProgress bool
+}
+
+func (c *Copy) progress(n int64) {
+	if !c.OwnProgress {
+		c.Job.AddProgress(n)
+	}
 }
 
 // WriteError marks err as the failure of a write (see Copy.Do).
@@ -119,13 +130,13 @@ func (c *Copy) dispatch(ctx context.Context, st *copyState) error {
 				case ActionIgnore:
 					st.ignore(err)
 					n = min(c.Chunk, c.End-off)
-					j.AddProgress(n)
+					c.progress(n)
 					off += n
 				}
 				continue // stop: the next Yield parks, then ask again
 			}
 			if !copy {
-				j.AddProgress(n)
+				c.progress(n)
 				off += n
 				continue
 			}
@@ -145,7 +156,7 @@ func (c *Copy) dispatch(ctx context.Context, st *copyState) error {
 func (c *Copy) copyChunk(ctx context.Context, st *copyState, ch chunk, buf []byte) {
 	err := c.Do(ctx, ch.off, buf[:ch.n])
 	if err == nil {
-		c.Job.AddProgress(ch.n)
+		c.progress(ch.n)
 		return
 	}
 	switch c.Job.IOError(err, isRead(err)) {
@@ -153,7 +164,7 @@ func (c *Copy) copyChunk(ctx context.Context, st *copyState, ch chunk, buf []byt
 		st.fail(err)
 	case ActionIgnore:
 		st.ignore(err)
-		c.Job.AddProgress(ch.n)
+		c.progress(ch.n)
 	case ActionStop:
 		st.mu.Lock()
 		st.retry = append(st.retry, ch)

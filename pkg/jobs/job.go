@@ -78,6 +78,11 @@ type Options struct {
 	// OnTargetError, if set, is the policy for failed writes (a mirror's
 	// on-target-error); OnError then covers reads only.
 	OnTargetError OnError
+	// StartDrained starts the job inside a drained section, as qsd starts
+	// a job that a transaction creates (blockdev-backup): it is paused at
+	// its first pause point and resumed before Start returns, so that
+	// "paused" and "running" follow "created" and "running" (start.go).
+	StartDrained bool
 }
 
 // ErrCancelled is what Yield returns once the job is cancelled.

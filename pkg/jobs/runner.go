@@ -113,10 +113,12 @@ func (r *Runner) Start(ctx context.Context, id, typ string, body Body, opts Opti
 	}
 	j.moveLocked(Running)
 	j.running = true
+	j.beginStartDrainLocked()
 	j.mu.Unlock()
 	r.wg.Add(1)
 	go j.run()
 	<-j.started
+	j.endStartDrain()
 	return j, nil
 }
 
