@@ -13,7 +13,10 @@ import (
 	"github.com/blockd/blockd/pkg/jobs/mirror"
 )
 
-// Sync modes beyond mirror's (MirrorSyncMode is shared with mirror).
+// SyncMode is MirrorSyncMode, which backup takes whole.
+type SyncMode = mirror.SyncMode
+
+// Sync modes beyond mirror's.
 const (
 	SyncFull        = mirror.SyncFull
 	SyncTop         = mirror.SyncTop
@@ -48,7 +51,7 @@ type Perf struct {
 // lock.
 type Args struct {
 	Device, Target string
-	Sync           mirror.SyncMode
+	Sync           SyncMode
 	Bitmap         *string
 	BitmapMode     *BitmapMode
 	Compress       bool
