@@ -2,6 +2,9 @@ package blockdev
 
 import (
 	"context"
+	"encoding/json"
+
+	"github.com/blockd/blockd/pkg/block"
 
 	"github.com/blockd/blockd/pkg/jobs"
 	"github.com/blockd/blockd/pkg/jobs/backup"
@@ -27,8 +30,15 @@ type backupArgs struct {
 }
 
 func (s *Server) blockdevBackup(ctx context.Context, a *backupArgs) (empty, error) {
+	return s.startBackup(ctx, a, nil)
+}
+
+// startBackup starts a backup job into the node a names or, with
+// targetOptions, into a node the job opens (drive-backup).
+func (s *Server) startBackup(ctx context.Context, a *backupArgs, targetOptions json.RawMessage) (empty, error) {
 	args := backup.Args{Device: a.Device, Target: a.Target, Sync: a.Sync, Bitmap: a.Bitmap,
-		BitmapMode: a.BitmapMode, Compress: a.Compress != nil && *a.Compress, FilterNodeName: a.FilterNodeName}
+		BitmapMode: a.BitmapMode, Compress: a.Compress != nil && *a.Compress, FilterNodeName: a.FilterNodeName,
+		TargetOptions: targetOptions}
 	if a.XPerf != nil {
 		args.Perf = *a.XPerf
 	}
@@ -42,4 +52,104 @@ func (s *Server) blockdevBackup(ctx context.Context, a *backupArgs) (empty, erro
 	opts.StartDrained = true
 	_, err := s.Jobs.Start(ctx, jobID(a.JobID), "backup", backup.New(args), opts)
 	return empty{}, err
+}
+
+// driveBackupArgs are drive-backup's arguments (qsd 7.2's DriveBackup,
+// deprecated there): blockdev-backup's with the target a file name.
+type driveBackupArgs struct {
+	JobID          *string            `json:"job-id,omitempty"`
+	Device         string             `json:"device"`
+	Sync           mirror.SyncMode    `json:"sync"`
+	Speed          *int64             `json:"speed,omitempty"`
+	Bitmap         *string            `json:"bitmap,omitempty"`
+	BitmapMode     *backup.BitmapMode `json:"bitmap-mode,omitempty"`
+	Compress       *bool              `json:"compress,omitempty"`
+	OnSourceError  *jobs.OnError      `json:"on-source-error,omitempty"`
+	OnTargetError  *jobs.OnError      `json:"on-target-error,omitempty"`
+	AutoFinalize   *bool              `json:"auto-finalize,omitempty"`
+	AutoDismiss    *bool              `json:"auto-dismiss,omitempty"`
+	FilterNodeName *string            `json:"filter-node-name,omitempty"`
+	XPerf          *backup.Perf       `json:"x-perf,omitempty"`
+	Target         string             `json:"target"`
+	Format         *string            `json:"format,omitempty"`
+	Mode           *newImageMode      `json:"mode,omitempty"`
+}
+
+// driveBackup makes the target image (unless mode=existing), opens it
+// and backs the device up into it, as qsd's drive-backup does: sync=top
+// makes an image that names the source's backing file and reads through
+// the source's backing node; every other sync an image of its own. The
+// target node belongs to the job and goes with it.
+func (s *Server) driveBackup(ctx context.Context, a *driveBackupArgs) (empty, error) {
+	mode := newImageMode("absolute-paths")
+	if a.Mode != nil {
+		mode = *a.Mode
+	}
+	plan, err := s.planDriveBackup(a, mode)
+	if err != nil {
+		return empty{}, err
+	}
+	if mode != "existing" {
+		if err := s.createImage(ctx, a.Target, plan.format, plan.size, plan.backing, plan.backingFormat); err != nil {
+			return empty{}, err
+		}
+	}
+	target := map[string]any{"file": map[string]any{"driver": "file", "filename": a.Target}}
+	if plan.format != "" {
+		target["driver"] = plan.format
+	} else if format, err := block.ProbeFormat(a.Target); err == nil {
+		target["driver"] = format
+	} else {
+		return empty{}, err
+	}
+	if d := block.LookupDriver(target["driver"].(string)); d != nil && d.SupportsBacking {
+		// The source's backing node, not a second copy of its chain.
+		target["backing"] = nil
+		if plan.backingNode != "" {
+			target["backing"] = plan.backingNode
+		}
+	}
+	return s.startBackup(ctx, &backupArgs{JobID: a.JobID, Device: a.Device, Sync: a.Sync, Speed: a.Speed,
+		Bitmap: a.Bitmap, BitmapMode: a.BitmapMode, Compress: a.Compress, OnSourceError: a.OnSourceError,
+		OnTargetError: a.OnTargetError, AutoFinalize: a.AutoFinalize, AutoDismiss: a.AutoDismiss,
+		FilterNodeName: a.FilterNodeName, XPerf: a.XPerf}, mustJSON(target))
+}
+
+// driveBackupPlan is what drive-backup decides from the graph before it
+// makes the image.
+type driveBackupPlan struct {
+	format, backing, backingFormat string
+	backingNode                    string // the source's backing node (sync=top)
+	size                           int64
+}
+
+// planDriveBackup finds the device and works out the image to make,
+// under the graph lock.
+func (s *Server) planDriveBackup(a *driveBackupArgs, mode newImageMode) (driveBackupPlan, error) {
+	s.G.Lock()
+	defer s.G.Unlock()
+	var p driveBackupPlan
+	dev, err := s.G.FindNode(a.Device)
+	if err != nil {
+		return p, err
+	}
+	if a.Format != nil {
+		p.format = *a.Format
+	} else if mode != "existing" {
+		p.format = block.SkipFilters(dev).Driver().Name
+	}
+	p.size = dev.Size()
+	if a.Sync != mirror.SyncTop {
+		return p, nil
+	}
+	if c := block.COWChild(block.SkipFilters(dev)); c != nil {
+		backing := c.Node()
+		p.backingNode = backing.Name()
+		b := block.SkipFilters(block.SkipImplicitFilters(backing))
+		p.backing, p.backingFormat = storageFilename(b), b.Driver().Name
+		if p.backing == "" {
+			p.backing = Filename(b)
+		}
+	}
+	return p, nil
 }

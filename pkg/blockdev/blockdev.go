@@ -135,6 +135,7 @@ func (s *Server) handlers() map[string]qmp.Handler {
 	}
 	m["x-debug-block-dirty-bitmap-sha256"] = qmp.Command(s.xDebugBitmapSHA256)
 	m["blockdev-backup"] = qmp.Command(s.blockdevBackup)
+	m["drive-backup"] = qmp.WithFeatures(qmp.Command(s.driveBackup), "deprecated")
 	for name, c := range bitmapCommands {
 		m[name] = c.handler(s)
 	}

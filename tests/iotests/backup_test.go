@@ -196,3 +196,60 @@ func TestBackupErrors(t *testing.T) {
 		t.Errorf("graph changed by the jobs:\n%v\n%v", before, after)
 	}
 }
+
+// TestDriveBackup: drive-backup makes the target image itself (sync=full:
+// an image of its own; sync=top: an image naming the source's backing
+// file, holding only the top's data), opens it for the job and closes it
+// when the job ends; mode=existing backs up into an image made before.
+func TestDriveBackup(t *testing.T) {
+	d := start(t)
+	base, top := d.Path("base.qcow2"), d.Path("top.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", base, "16M")
+	run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 8M", base)
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
+	run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x22 4M 1M", top)
+	addQcow2(d, "base", "base.qcow2", map[string]any{"read-only": true})
+	addQcow2(d, "top", "top.qcow2", map[string]any{"backing": "base"})
+	before := len(namedNodes(d, true))
+
+	backupTo := func(id, target, sync string, extra map[string]any) {
+		t.Helper()
+		args := map[string]any{"job-id": id, "device": "top", "target": target, "sync": sync}
+		for k, v := range extra {
+			args[k] = v
+		}
+		d.Cmd("drive-backup", args)
+		waitStatus(t, d, id, "null")
+		if n := len(namedNodes(d, true)); n != before {
+			t.Errorf("%s: %d nodes after the job, %d before: the target was not closed", id, n, before)
+		}
+	}
+	backupTo("full", d.Path("full.qcow2"), "full", nil)
+	backupTo("top", d.Path("topcopy.qcow2"), "top", nil)
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", d.Path("existing.qcow2"), "16M")
+	backupTo("existing", d.Path("existing.qcow2"), "full", map[string]any{"mode": "existing"})
+	d.MustFail("drive-backup", map[string]any{"device": "nosuch", "target": d.Path("x.qcow2"), "sync": "full"},
+		"GenericError", "Cannot find device='nosuch' nor node-name='nosuch'")
+	d.Quit()
+
+	for _, img := range []string{"full.qcow2", "topcopy.qcow2", "existing.qcow2"} {
+		run(t, "qemu-img", "check", d.Path(img))
+	}
+	run(t, "qemu-img", "compare", d.Path("full.qcow2"), top)
+	run(t, "qemu-img", "compare", d.Path("existing.qcow2"), top)
+	// sync=top: the copy names the backing file and holds only the top's
+	// cluster range; through its backing it reads as the source.
+	if info := run(t, "qemu-img", "info", d.Path("topcopy.qcow2")); !strings.Contains(info, "backing file: "+base) {
+		t.Errorf("sync=top image does not name the source's backing file:\n%s", info)
+	}
+	run(t, "qemu-img", "compare", d.Path("topcopy.qcow2"), top)
+	var m []mapEntry
+	if err := jsonUnmarshal(run(t, "qemu-img", "map", "--output=json", d.Path("topcopy.qcow2")), &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range m {
+		if e.Depth == 0 && e.Data && (e.Start < 4<<20 || e.Start >= 5<<20) {
+			t.Errorf("the sync=top copy holds more than the top's data: %+v", e)
+		}
+	}
+}

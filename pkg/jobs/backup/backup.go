@@ -57,6 +57,10 @@ type Args struct {
 	Compress       bool
 	FilterNodeName *string
 	Perf           Perf
+	// TargetOptions, if set, open the target (drive-backup): the node
+	// belongs to the job and goes when the job does. Target is then not
+	// looked up.
+	TargetOptions json.RawMessage
 }
 
 // Copy sizes: QEMU's block-copy copies up to 64 workers at once; eight
@@ -138,7 +142,12 @@ func (b *Backup) Check(ctx context.Context, tx *block.Txn, j *jobs.Job) error {
 	if err != nil {
 		return err
 	}
-	tgt, err := g.FindNode(b.a.Target)
+	var tgt *block.Node
+	if b.a.TargetOptions != nil {
+		tgt, err = tx.Open(ctx, b.a.TargetOptions, false)
+	} else {
+		tgt, err = g.FindNode(b.a.Target)
+	}
 	if err != nil {
 		return err
 	}
