@@ -10,14 +10,20 @@
 #               TestCookbook runs (make lint fails when one is out of date)
 #   make fuzz   run every fuzz target for FUZZTIME (60s; the nightly form
 #               is make fuzz FUZZTIME=10m), see scripts/fuzz.sh
+#   make soak   32 QMP clients, an NBD writer and repeated jobs for
+#               SOAKTIME (10m) on blockd, then on qemu-storage-daemon:
+#               leaks, answers, image health, command rate and CPU per
+#               command against qsd's (tests/soak; make test runs 20s)
 
 GO       ?= go
 BIN      := bin/blockd
 SOCK     ?= $(CURDIR)/blockd.sock
 NBDSOCK  ?= $(CURDIR)/blockd-nbd.sock
 FUZZTIME ?= 60s
+SOAKTIME ?= 10m
+SOAK_UNGUARDED ?= 2m
 
-.PHONY: all build run test unit iotests iotests-blockd iotests-qsd lint docs deps bench fuzz fuzz-short crash clean
+.PHONY: all build run test unit iotests iotests-blockd iotests-qsd lint docs deps bench fuzz fuzz-short crash soak soak-short clean
 
 all: build
 
@@ -44,7 +50,7 @@ run: build
 deps:
 	@./scripts/deps.sh
 
-test: deps lint unit fuzz-short iotests
+test: deps lint unit fuzz-short iotests soak-short
 
 unit:
 	$(GO) test -race -count=1 ./pkg/... ./cmd/... ./internal/...
@@ -77,6 +83,16 @@ fuzz:
 
 fuzz-short:
 	GO=$(GO) FUZZTIME=1s ./scripts/fuzz.sh
+
+# The soak (docs/reliability.md): each daemon for SOAKTIME, then blockd
+# alone for SOAK_UNGUARDED without the guard qsd needs; the long form
+# also fails when blockd misses the rate and CPU targets against qsd.
+soak: deps
+	SOAKTIME=$(SOAKTIME) SOAK_UNGUARDED=$(SOAK_UNGUARDED) SOAK_RATIO=1 \
+		$(GO) test -count=1 -timeout 0 -v -run '^TestSoak' ./tests/soak/
+
+soak-short:
+	SOAKTIME=20s SOAK_UNGUARDED=20s $(GO) test -count=1 -timeout 10m -v -run '^TestSoak' ./tests/soak/
 
 # The crash campaign: kill -9 at CRASH_POINTS seeded points of every job
 # (make test runs 2 per job inside the iotests). CRASH_SEED picks them.
