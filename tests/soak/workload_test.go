@@ -89,19 +89,20 @@ func (g *guard) exclusive(f func() error) error {
 
 // workload is everything that runs against one daemon.
 type workload struct {
-	guard   guard
-	t       *testing.T
-	d       *daemon
-	n       counts
-	clients []*monitor
-	jobMon  *monitor
-	jobs    *jobDriver
-	nbd     *nbdWriter
-	errs    errList
+	guard    guard
+	t        *testing.T
+	d        *daemon
+	n        counts
+	clients  []*monitor
+	jobMon   *monitor
+	withJobs bool
+	jobs     *jobDriver
+	nbd      *nbdWriter
+	errs     errList
 }
 
 func newWorkload(t *testing.T, cfg config, d *daemon) *workload {
-	w := &workload{t: t, d: d, nbd: newNBDWriter(d.nbd), guard: guard{on: cfg.guarded}}
+	w := &workload{t: t, d: d, nbd: newNBDWriter(d.nbd), guard: guard{on: cfg.guarded}, withJobs: cfg.jobs}
 	for i := range cfg.clients {
 		m, err := dial(d.monitorFor(i), fmt.Sprintf("client %d", i), &w.n, false)
 		if err != nil {
@@ -141,7 +142,9 @@ func (w *workload) run(dur time.Duration) *result {
 	for i, m := range w.clients {
 		worker(func() error { return clientLoop(ctx, m, i, g, &w.guard) })
 	}
-	worker(func() error { return w.jobs.loop(ctx, g) })
+	if w.withJobs {
+		worker(func() error { return w.jobs.loop(ctx, g) })
+	}
 	worker(func() error { return w.nbd.loop(ctx, g) })
 	go watchdog(ctx, append([]*monitor{w.jobMon}, w.clients...), &w.errs)
 
