@@ -184,7 +184,8 @@ func clientRound(m *monitor, node string, qg *guard) error {
 }
 
 // watchdog fails the run when a command of mons waits longer than
-// replyTimeout; it returns when ctx ends.
+// replyTimeout, and closes that connection so that the command returns
+// (and the load can stop); it returns when ctx ends.
 func watchdog(ctx context.Context, mons []*monitor, errs *errList) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -196,6 +197,7 @@ func watchdog(ctx context.Context, mons []*monitor, errs *errList) {
 			for _, m := range mons {
 				if w := m.waiting(now); w > replyTimeout {
 					errs.add(fmt.Errorf("%s: no reply for %v", m.name, w.Round(time.Second)))
+					m.close()
 					return
 				}
 			}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -15,10 +16,12 @@ import (
 const jobTimeout = 60 * time.Second
 
 // jobDriver repeats the block jobs on a chain of its own, two layers
-// deep between cycles: base ◀ top, base holding 0x11 in [0, 2M) and top
-// 0x22 in [1M, 3M). Each cycle moves that data through every job and
-// ends with the same shape on new images, so each cycle's jobs copy data
-// and the chain reads the same at the end of every cycle:
+// deep between cycles: base ◀ top (at first base holds 0x11 in [0, 2M)
+// and top 0x22 in [1M, 3M); after a cycle top holds it all). Each cycle
+// ends with the same shape on new images and the chain reading the
+// same; stream, commit and mirror copy the chain's 3 MiB of data every
+// cycle (active commit has nothing to copy: its top is a new, empty
+// overlay):
 //
 //	create o over top; stream o down to base   base ◀ o       (top deleted)
 //	create p over o; commit o into base        base ◀ p       (o deleted)
@@ -56,7 +59,7 @@ func newJobDriver(t *testing.T, m *monitor, dir string, g *guard) (*jobDriver, e
 	return j, nil
 }
 
-func (j *jobDriver) file(node string) string { return j.dir + "/" + node + ".qcow2" }
+func (j *jobDriver) file(node string) string { return filepath.Join(j.dir, node+".qcow2") }
 
 // jobPeriod paces the cycles: one starts at most every jobPeriod, so that
 // both daemons do the same job work (qsd takes about 2 s a cycle under

@@ -48,7 +48,9 @@ func (w *nbdWriter) write() error {
 		args = append(args, "-c", fmt.Sprintf("write -P %d %d %d", p, s*nbdSlot, nbdSlot))
 	}
 	args = append(args, "-c", "flush", w.uri)
-	if out, err := exec.Command("qemu-io", args...).CombinedOutput(); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), replyTimeout)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, "qemu-io", args...).CombinedOutput(); err != nil {
 		return fmt.Errorf("NBD writer: qemu-io %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	for s := first; s < first+nbdSlotsPerRun; s++ {
