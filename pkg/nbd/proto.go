@@ -1,138 +1,142 @@
 package nbd
 
-// Wire constants of the NBD protocol, named after the protocol document
-// (doc/proto.md of the NetworkBlockDevice/nbd project) in Go style.
+import "github.com/blockd/blockd/pkg/nbd/wire"
+
+// The wire constants the server uses, under the server's own short
+// names. Their one definition is in pkg/nbd/wire, which the NBD client
+// (the nbd block driver) shares; the names stay unexported here so the
+// server code reads as before.
 
 const (
-	magicNBD        = 0x4e42444d41474943 // "NBDMAGIC"
-	magicOpt        = 0x49484156454F5054 // "IHAVEOPT"
-	magicOptReply   = 0x0003e889045565a9
-	magicRequest    = 0x25609513
-	magicSimple     = 0x67446698
-	magicStructured = 0x668e33ef
+	magicNBD        = wire.MagicNBD
+	magicOpt        = wire.MagicOpt
+	magicOptReply   = wire.MagicOptReply
+	magicRequest    = wire.MagicRequest
+	magicSimple     = wire.MagicSimple
+	magicStructured = wire.MagicStructured
 )
 
 // Handshake flags (server) and client flags.
 const (
-	flagFixedNewstyle = 1 << 0
-	flagNoZeroes      = 1 << 1
+	flagFixedNewstyle = wire.FlagFixedNewstyle
+	flagNoZeroes      = wire.FlagNoZeroes
 
-	clientFlagFixedNewstyle = 1 << 0
-	clientFlagNoZeroes      = 1 << 1
+	clientFlagFixedNewstyle = wire.ClientFlagFixedNewstyle
+	clientFlagNoZeroes      = wire.ClientFlagNoZeroes
 )
 
 // Transmission flags.
 const (
-	tfHasFlags        = 1 << 0
-	tfReadOnly        = 1 << 1
-	tfSendFlush       = 1 << 2
-	tfSendFUA         = 1 << 3
-	tfRotational      = 1 << 4
-	tfSendTrim        = 1 << 5
-	tfSendWriteZeroes = 1 << 6
-	tfSendDF          = 1 << 7
-	tfCanMultiConn    = 1 << 8
-	tfSendResize      = 1 << 9
-	tfSendCache       = 1 << 10
-	tfSendFastZero    = 1 << 11
+	tfHasFlags        = wire.TFHasFlags
+	tfReadOnly        = wire.TFReadOnly
+	tfSendFlush       = wire.TFSendFlush
+	tfSendFUA         = wire.TFSendFUA
+	tfRotational      = wire.TFRotational
+	tfSendTrim        = wire.TFSendTrim
+	tfSendWriteZeroes = wire.TFSendWriteZeroes
+	tfSendDF          = wire.TFSendDF
+	tfCanMultiConn    = wire.TFCanMultiConn
+	tfSendResize      = wire.TFSendResize
+	tfSendCache       = wire.TFSendCache
+	tfSendFastZero    = wire.TFSendFastZero
 )
 
 // Options.
 const (
-	optExportName      = 1
-	optAbort           = 2
-	optList            = 3
-	optPeekExport      = 4
-	optStartTLS        = 5
-	optInfo            = 6
-	optGo              = 7
-	optStructuredReply = 8
-	optListMetaContext = 9
-	optSetMetaContext  = 10
+	optExportName      = wire.OptExportName
+	optAbort           = wire.OptAbort
+	optList            = wire.OptList
+	optPeekExport      = wire.OptPeekExport
+	optStartTLS        = wire.OptStartTLS
+	optInfo            = wire.OptInfo
+	optGo              = wire.OptGo
+	optStructuredReply = wire.OptStructuredReply
+	optListMetaContext = wire.OptListMetaContext
+	optSetMetaContext  = wire.OptSetMetaContext
 )
 
 // Option reply types.
 const (
-	repAck         = 1
-	repServer      = 2
-	repInfo        = 3
-	repMetaContext = 4
+	repAck         = wire.RepAck
+	repServer      = wire.RepServer
+	repInfo        = wire.RepInfo
+	repMetaContext = wire.RepMetaContext
 
-	repErrBit           = 1 << 31
-	repErrUnsup         = repErrBit + 1
-	repErrPolicy        = repErrBit + 2
-	repErrInvalid       = repErrBit + 3
-	repErrPlatform      = repErrBit + 4
-	repErrTLSReqd       = repErrBit + 5
-	repErrUnknown       = repErrBit + 6
-	repErrShutdown      = repErrBit + 7
-	repErrBlockSizeReqd = repErrBit + 8
-	repErrTooBig        = repErrBit + 9
+	repErrBit           = wire.RepErrBit
+	repErrUnsup         = wire.RepErrUnsup
+	repErrPolicy        = wire.RepErrPolicy
+	repErrInvalid       = wire.RepErrInvalid
+	repErrPlatform      = wire.RepErrPlatform
+	repErrTLSReqd       = wire.RepErrTLSReqd
+	repErrUnknown       = wire.RepErrUnknown
+	repErrShutdown      = wire.RepErrShutdown
+	repErrBlockSizeReqd = wire.RepErrBlockSizeReqd
+	repErrTooBig        = wire.RepErrTooBig
 )
 
 // NBD_INFO types.
 const (
-	infoExport      = 0
-	infoName        = 1
-	infoDescription = 2
-	infoBlockSize   = 3
+	infoExport      = wire.InfoExport
+	infoName        = wire.InfoName
+	infoDescription = wire.InfoDescription
+	infoBlockSize   = wire.InfoBlockSize
 )
 
 // Commands.
 const (
-	cmdRead        = 0
-	cmdWrite       = 1
-	cmdDisc        = 2
-	cmdFlush       = 3
-	cmdTrim        = 4
-	cmdCache       = 5
-	cmdWriteZeroes = 6
-	cmdBlockStatus = 7
+	cmdRead        = wire.CmdRead
+	cmdWrite       = wire.CmdWrite
+	cmdDisc        = wire.CmdDisc
+	cmdFlush       = wire.CmdFlush
+	cmdTrim        = wire.CmdTrim
+	cmdCache       = wire.CmdCache
+	cmdWriteZeroes = wire.CmdWriteZeroes
+	cmdBlockStatus = wire.CmdBlockStatus
 )
 
 // Command flags.
 const (
-	cmdFlagFUA      = 1 << 0
-	cmdFlagNoHole   = 1 << 1
-	cmdFlagDF       = 1 << 2
-	cmdFlagReqOne   = 1 << 3
-	cmdFlagFastZero = 1 << 4
+	cmdFlagFUA      = wire.CmdFlagFUA
+	cmdFlagNoHole   = wire.CmdFlagNoHole
+	cmdFlagDF       = wire.CmdFlagDF
+	cmdFlagReqOne   = wire.CmdFlagReqOne
+	cmdFlagFastZero = wire.CmdFlagFastZero
 )
 
 // Structured reply flags and chunk types.
 const (
-	replyFlagDone = 1 << 0
+	replyFlagDone = wire.ReplyFlagDone
 
-	chunkNone        = 0
-	chunkOffsetData  = 1
-	chunkOffsetHole  = 2
-	chunkBlockStatus = 5
-	chunkError       = 1<<15 + 1
-	chunkErrorOffset = 1<<15 + 2
+	chunkNone        = wire.ChunkNone
+	chunkOffsetData  = wire.ChunkOffsetData
+	chunkOffsetHole  = wire.ChunkOffsetHole
+	chunkBlockStatus = wire.ChunkBlockStatus
+	chunkError       = wire.ChunkError
+	chunkErrorOffset = wire.ChunkErrorOffset
 )
 
 // base:allocation flags.
 const (
-	stateHole = 1 << 0
-	stateZero = 1 << 1
+	stateHole = wire.StateHole
+	stateZero = wire.StateZero
 )
 
 // Error values.
 const (
-	errnoPerm     = 1
-	errnoIO       = 5
-	errnoNoMem    = 12
-	errnoInval    = 22
-	errnoNoSpc    = 28
-	errnoOverflow = 75
-	errnoNotSup   = 95
-	errnoShutdown = 108
+	errnoPerm     = wire.ErrnoPerm
+	errnoIO       = wire.ErrnoIO
+	errnoNoMem    = wire.ErrnoNoMem
+	errnoInval    = wire.ErrnoInval
+	errnoNoSpc    = wire.ErrnoNoSpc
+	errnoOverflow = wire.ErrnoOverflow
+	errnoNotSup   = wire.ErrnoNotSup
+	errnoShutdown = wire.ErrnoShutdown
 )
 
 // Metadata context names and the ids this server gives them.
 const (
-	ctxBaseAllocation  = "base:allocation"
-	ctxAllocationDepth = "qemu:allocation-depth"
+	ctxBaseAllocation  = wire.CtxBaseAllocation
+	ctxAllocationDepth = wire.CtxAllocationDepth
 
 	ctxIDBaseAllocation  = 0
 	ctxIDAllocationDepth = 1
@@ -140,14 +144,14 @@ const (
 
 // Sizes.
 const (
-	requestHeaderSize    = 28
-	simpleReplySize      = 16
-	structuredHeaderSize = 20
+	requestHeaderSize    = wire.RequestHeaderSize
+	simpleReplySize      = wire.SimpleReplySize
+	structuredHeaderSize = wire.StructuredHeaderSize
 
-	maxStringLen = 4096     // the longest string (name, query) the protocol allows
+	maxStringLen = wire.MaxStringLen
 	maxOptionLen = 64 << 10 // longest option payload we parse; longer ones are skipped
 
-	defaultMinBlock  = 1
-	defaultPrefBlock = 4096
-	defaultMaxBlock  = 32 << 20
+	defaultMinBlock  = wire.DefaultMinBlock
+	defaultPrefBlock = wire.DefaultPrefBlock
+	defaultMaxBlock  = wire.DefaultMaxBlock
 )
