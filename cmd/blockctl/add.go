@@ -14,6 +14,7 @@ import (
 	// so the drivers it knows must be registered.
 	_ "github.com/blockd/blockd/pkg/filters"
 	_ "github.com/blockd/blockd/pkg/formats/file"
+	_ "github.com/blockd/blockd/pkg/formats/nbd"
 	_ "github.com/blockd/blockd/pkg/formats/nullco"
 	_ "github.com/blockd/blockd/pkg/formats/qcow2"
 	_ "github.com/blockd/blockd/pkg/formats/raw"

@@ -18,6 +18,7 @@ import (
 	// The drivers blockd registers (cmd/blockd imports the same).
 	_ "github.com/blockd/blockd/pkg/filters"
 	_ "github.com/blockd/blockd/pkg/formats/file"
+	_ "github.com/blockd/blockd/pkg/formats/nbd"
 	_ "github.com/blockd/blockd/pkg/formats/nullco"
 	_ "github.com/blockd/blockd/pkg/formats/qcow2"
 	_ "github.com/blockd/blockd/pkg/formats/raw"

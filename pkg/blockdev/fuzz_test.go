@@ -19,6 +19,7 @@ import (
 
 	_ "github.com/blockd/blockd/pkg/filters/cor"
 	_ "github.com/blockd/blockd/pkg/filters/quorum"
+	_ "github.com/blockd/blockd/pkg/formats/nbd"
 	_ "github.com/blockd/blockd/pkg/formats/nullco"
 	_ "github.com/blockd/blockd/pkg/formats/qcow2"
 	_ "github.com/blockd/blockd/pkg/formats/raw"

@@ -7,6 +7,7 @@ import (
 	"github.com/blockd/blockd/pkg/block"
 	"github.com/blockd/blockd/pkg/chardev"
 	"github.com/blockd/blockd/pkg/filters/throttle"
+	nbdclient "github.com/blockd/blockd/pkg/formats/nbd"
 	"github.com/blockd/blockd/pkg/formats/qcow2"
 	"github.com/blockd/blockd/pkg/qmp"
 )
@@ -98,6 +99,14 @@ func declareSchema(q *qmp.Server) {
 	q.DeclareType(reflect.TypeFor[SocketAddressLegacy](), qmp.Union{
 		Name: "SocketAddressLegacy", Base: reflect.TypeFor[unionTag[AddrType]](), Tag: "type",
 		Variants: fixed([]qmp.Variant{wrapped[InetSocketAddress]("inet"), wrapped[UnixSocketAddress]("unix")}),
+	})
+
+	q.DeclareType(reflect.TypeFor[nbdclient.SocketAddress](), qmp.Union{
+		Name: "SocketAddress", Base: reflect.TypeFor[unionTag[nbdclient.AddrType]](), Tag: "type",
+		Variants: fixed([]qmp.Variant{
+			{Case: "inet", Type: reflect.TypeFor[nbdclient.InetAddress]()},
+			{Case: "unix", Type: reflect.TypeFor[nbdclient.UnixAddress]()},
+		}),
 	})
 
 	chardev.DeclareSchema(q)
