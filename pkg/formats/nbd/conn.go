@@ -53,6 +53,9 @@ type statusEx struct {
 // the first descriptors, so a long list is read and thrown away.
 const maxStatusPayload = 64 << 10
 
+// maxExtents bounds the descriptors kept for one block status request.
+const maxExtents = 64
+
 // maxErrorPayload bounds an error chunk (a message of at most 4096 bytes
 // plus the fixed fields).
 const maxErrorPayload = wire.MaxStringLen + 16
@@ -334,7 +337,9 @@ func (p *replyParser) blockStatus(r *request, n uint32) error {
 	}
 	// The context id is not checked against the negotiated one beyond
 	// this: the client selects exactly one context.
-	for i := 4; i+8 <= len(b); i += 8 {
+	// Only the first extents are used (the client asks for one); a server
+	// that sends chunk after chunk cannot grow the list without bound.
+	for i := 4; i+8 <= len(b) && len(r.extents) < maxExtents; i += 8 {
 		r.extents = append(r.extents, statusEx{length: be.Uint32(b[i:]), flags: be.Uint32(b[i+4:])})
 	}
 	return nil
