@@ -148,7 +148,8 @@ func optError(opt, typ uint32, msg []byte) error {
 	var err error
 	switch typ {
 	case wire.RepErrUnknown:
-		err = errUnknownExport
+		// qsd's words exactly; the server's message is only a hint there.
+		return errUnknownExport
 	case wire.RepErrTLSReqd:
 		err = errors.New("The server requires TLS")
 	case wire.RepErrShutdown:

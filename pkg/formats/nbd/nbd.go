@@ -91,7 +91,8 @@ func open(ctx context.Context, o *block.Opener, opts *Options) (block.Impl, erro
 		common := o.Common()
 		if common.AutoReadOnly == nil || !*common.AutoReadOnly {
 			c.close()
-			return nil, block.Errorf(block.ErrReadOnly, "NBD export is read-only")
+			// compat(qsd-7.2): its words for this refusal.
+			return nil, block.Errorf(block.ErrReadOnly, "Could not open image: Permission denied")
 		}
 		o.SetReadOnly(true)
 	}

@@ -167,7 +167,7 @@ func TestConcurrentRequests(t *testing.T) {
 func TestReadOnlyExport(t *testing.T) {
 	sock, _ := serve(t, nbdtest.NewMem(1<<20, 4096), nbd.ExportOptions{Name: "ro"})
 	_, err := blocktest.TryOpen(blocktest.NewGraph(), nodeJSON(sock, "ro", ""))
-	if err == nil || err.Error() != "NBD export is read-only" {
+	if err == nil || err.Error() != "Could not open image: Permission denied" {
 		t.Errorf("read-write open of a read-only export: %v", err)
 	}
 	n := blocktest.Open(t, blocktest.NewGraph(), nodeJSON(sock, "ro", `,"auto-read-only":true`))
