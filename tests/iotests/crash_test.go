@@ -38,6 +38,9 @@ var crashJobs = []crashJob{
 	{"active-commit-ready", "block-commit", map[string]any{"device": "top", "base-node": "base"}, true},
 	{"mirror", "blockdev-mirror", map[string]any{"device": "top", "target": "tgt", "sync": "full", "speed": 24 << 20}, false},
 	{"mirror-ready", "blockdev-mirror", map[string]any{"device": "top", "target": "tgt", "sync": "full"}, true},
+	// The guest's writes pass the copy-before-write filter, which copies
+	// the old data to tgt first.
+	{"backup", "blockdev-backup", map[string]any{"device": "top", "target": "tgt", "sync": "full", "speed": 24 << 20}, false},
 }
 
 func envInt(name string, def int) int {
