@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -19,6 +20,44 @@ const replyTimeout = 30 * time.Second
 // An error reply or a lost connection is an error of the run.
 type counts struct {
 	sent, ok atomic.Int64
+	lat      latencies
+}
+
+// latencies is a histogram of reply times in buckets of a quarter of a
+// power of two (about 19 % wide), from 1 µs to about 70 s: fine enough
+// for the p50 and p99 the report prints, and lock-free for 32 clients.
+type latencies struct {
+	buckets [104]atomic.Int64
+}
+
+func latencyBucket(d time.Duration) int {
+	us := float64(d) / float64(time.Microsecond)
+	if us < 1 {
+		return 0
+	}
+	return min(int(4*math.Log2(us)), len(latencies{}.buckets)-1)
+}
+
+func (l *latencies) add(d time.Duration) { l.buckets[latencyBucket(d)].Add(1) }
+
+// quantile is the upper edge of the bucket where the q-th of all
+// recorded replies falls.
+func (l *latencies) quantile(q float64) time.Duration {
+	var total int64
+	for i := range l.buckets {
+		total += l.buckets[i].Load()
+	}
+	if total == 0 {
+		return 0
+	}
+	want := int64(math.Ceil(q * float64(total)))
+	var seen int64
+	for i := range l.buckets {
+		if seen += l.buckets[i].Load(); seen >= want {
+			return time.Duration(math.Exp2(float64(i+1)/4) * float64(time.Microsecond))
+		}
+	}
+	return 0
 }
 
 // monitor is one QMP connection, counting its commands and remembering
@@ -101,7 +140,8 @@ func (m *monitor) cmd(name string, args any) (json.RawMessage, error) {
 	if err != nil {
 		return nil, err
 	}
-	m.since.Store(time.Now().UnixNano())
+	sent := time.Now()
+	m.since.Store(sent.UnixNano())
 	m.n.sent.Add(1)
 	defer m.since.Store(0)
 	if _, err := m.c.Write(append(b, '\n')); err != nil {
@@ -111,6 +151,7 @@ func (m *monitor) cmd(name string, args any) (json.RawMessage, error) {
 	if !ok {
 		return nil, fmt.Errorf("%s: %s: connection closed", m.name, b)
 	}
+	m.n.lat.add(time.Since(sent))
 	var r struct {
 		Return json.RawMessage `json:"return"`
 		Error  *struct {

@@ -165,6 +165,9 @@ func (r *result) cpuPerCommand() float64 { return r.cpu / float64(r.commands) }
 func (r *result) report(t *testing.T, kind string) {
 	t.Logf("%s: %d clients, %.0f s under load: %d commands answered (%.0f/s), daemon CPU %.1f s (%.0f%% of a core), %.1f µs CPU per command; test process CPU %.1f s",
 		kind, r.clients, r.seconds, r.commands, r.rate(), r.cpu, 100*r.cpu/r.seconds, 1e6*r.cpuPerCommand(), r.selfCPU)
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	t.Logf("%s: reply time p50 %.1f ms, p99 %.1f ms (every command of the run, held-back queries included)",
+		kind, ms(r.n.lat.quantile(0.50)), ms(r.n.lat.quantile(0.99)))
 	t.Logf("%s: %d job cycles (%d jobs), %d NBD writer runs (%d KiB each, flushed); query-named-block-nodes held back %.1f s for jobs",
 		kind, r.jobCycles, r.jobs, r.nbdRuns, nbdSlotsPerRun*nbdSlot>>10, r.guardHeld.Seconds())
 	for _, s := range []struct {
