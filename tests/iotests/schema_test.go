@@ -89,7 +89,8 @@ func TestQMPSchemaProbes(t *testing.T) {
 		{"blockdev-add/arg-type/detect-zeroes/^unmap", "value", false},
 		{"blockdev-add/arg-type/driver/^null-co", "value", false},
 		{"blockdev-add/arg-type/+file/aio", "optional enum", false},
-		{"blockdev-add/arg-type/+nbd", "object", true},
+		{"blockdev-add/arg-type/+nbd", "object", false},
+		{"blockdev-add/arg-type/+nbd/server", "object", false},
 		{"blockdev-reopen/arg-type/options/+qcow2/backing", "optional alternate", false},
 		{"block-stream/arg-type/backing-file", "optional str", false},
 		{"block-stream/arg-type/backing-mask-protocol", "", false}, // QEMU 8.0
