@@ -16,7 +16,7 @@ import (
 	"time"
 )
 
-// The transcripts below are copied from the project's shared reference (transcripts.md)
+// The transcripts below are copied from the shared reference's
 // qmp-protocol.md (recorded from qemu-storage-daemon 7.2) and replayed
 // against a Server with fake block commands. Replies are compared byte for
 // byte. Lines starting with "!" are test directives (an event emitted as a
