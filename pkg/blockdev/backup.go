@@ -57,22 +57,9 @@ func (s *Server) startBackup(ctx context.Context, a *backupArgs, targetOptions j
 // driveBackupArgs are drive-backup's arguments (qsd 7.2's DriveBackup,
 // deprecated there): blockdev-backup's with the target a file name.
 type driveBackupArgs struct {
-	JobID          *string            `json:"job-id,omitempty"`
-	Device         string             `json:"device"`
-	Sync           mirror.SyncMode    `json:"sync"`
-	Speed          *int64             `json:"speed,omitempty"`
-	Bitmap         *string            `json:"bitmap,omitempty"`
-	BitmapMode     *backup.BitmapMode `json:"bitmap-mode,omitempty"`
-	Compress       *bool              `json:"compress,omitempty"`
-	OnSourceError  *jobs.OnError      `json:"on-source-error,omitempty"`
-	OnTargetError  *jobs.OnError      `json:"on-target-error,omitempty"`
-	AutoFinalize   *bool              `json:"auto-finalize,omitempty"`
-	AutoDismiss    *bool              `json:"auto-dismiss,omitempty"`
-	FilterNodeName *string            `json:"filter-node-name,omitempty"`
-	XPerf          *backup.Perf       `json:"x-perf,omitempty"`
-	Target         string             `json:"target"`
-	Format         *string            `json:"format,omitempty"`
-	Mode           *newImageMode      `json:"mode,omitempty"`
+	backupArgs
+	Format *string       `json:"format,omitempty"`
+	Mode   *newImageMode `json:"mode,omitempty"`
 }
 
 // driveBackup makes the target image (unless mode=existing), opens it
@@ -89,17 +76,8 @@ func (s *Server) driveBackup(ctx context.Context, a *driveBackupArgs) (empty, er
 	if err != nil {
 		return empty{}, err
 	}
-	if mode != "existing" {
-		if err := s.createImage(ctx, a.Target, plan.format, plan.size, plan.backing, plan.backingFormat); err != nil {
-			return empty{}, err
-		}
-	}
-	target := map[string]any{"file": map[string]any{"driver": "file", "filename": a.Target}}
-	if plan.format != "" {
-		target["driver"] = plan.format
-	} else if format, err := block.ProbeFormat(a.Target); err == nil {
-		target["driver"] = format
-	} else {
+	target, err := s.imageTarget(ctx, a.Target, mode, plan.format, plan.size, plan.backing, plan.backingFormat)
+	if err != nil {
 		return empty{}, err
 	}
 	if d := block.LookupDriver(target["driver"].(string)); d != nil && d.SupportsBacking {
@@ -109,10 +87,9 @@ func (s *Server) driveBackup(ctx context.Context, a *driveBackupArgs) (empty, er
 			target["backing"] = plan.backingNode
 		}
 	}
-	return s.startBackup(ctx, &backupArgs{JobID: a.JobID, Device: a.Device, Sync: a.Sync, Speed: a.Speed,
-		Bitmap: a.Bitmap, BitmapMode: a.BitmapMode, Compress: a.Compress, OnSourceError: a.OnSourceError,
-		OnTargetError: a.OnTargetError, AutoFinalize: a.AutoFinalize, AutoDismiss: a.AutoDismiss,
-		FilterNodeName: a.FilterNodeName, XPerf: a.XPerf}, mustJSON(target))
+	args := a.backupArgs
+	args.Target = "" // a file name here, not a node
+	return s.startBackup(ctx, &args, mustJSON(target))
 }
 
 // driveBackupPlan is what drive-backup decides from the graph before it
@@ -143,13 +120,8 @@ func (s *Server) planDriveBackup(a *driveBackupArgs, mode newImageMode) (driveBa
 		return p, nil
 	}
 	if c := block.COWChild(block.SkipFilters(dev)); c != nil {
-		backing := c.Node()
-		p.backingNode = backing.Name()
-		b := block.SkipFilters(block.SkipImplicitFilters(backing))
-		p.backing, p.backingFormat = storageFilename(b), b.Driver().Name
-		if p.backing == "" {
-			p.backing = Filename(b)
-		}
+		p.backingNode = c.Node().Name()
+		p.backing, p.backingFormat = backingFileOf(c.Node())
 	}
 	return p, nil
 }

@@ -92,17 +92,8 @@ func (s *Server) driveMirror(ctx context.Context, a *driveMirrorArgs) (empty, er
 	if err != nil {
 		return empty{}, err
 	}
-	if mode != "existing" {
-		if err := s.createImage(ctx, a.Target, plan.format, plan.size, plan.backing, plan.backingFormat); err != nil {
-			return empty{}, err
-		}
-	}
-	target := map[string]any{"file": map[string]any{"driver": "file", "filename": a.Target}}
-	if plan.format != "" {
-		target["driver"] = plan.format
-	} else if format, err := block.ProbeFormat(a.Target); err == nil {
-		target["driver"] = format
-	} else {
+	target, err := s.imageTarget(ctx, a.Target, mode, plan.format, plan.size, plan.backing, plan.backingFormat)
+	if err != nil {
 		return empty{}, err
 	}
 	if a.NodeName != nil {
@@ -184,14 +175,40 @@ func (s *Server) planDriveMirror(a *driveMirrorArgs, mode newImageMode) (driveMi
 		return p, errors.New("a node-name must be provided when replacing a named node of the graph")
 	}
 	if p.sync != mirror.SyncFull && backing != nil {
-		// The image names its backing by file name: the plain file under
-		// it (qsd writes a json: pseudo-filename for a node added with
-		// options, which cannot be opened again).
-		b := block.SkipFilters(block.SkipImplicitFilters(backing))
-		p.backing, p.backingFormat = storageFilename(b), b.Driver().Name
-		if p.backing == "" {
-			p.backing = Filename(b)
-		}
+		p.backing, p.backingFormat = backingFileOf(backing)
 	}
 	return p, nil
+}
+
+// backingFileOf is how a new image names backing in its header: by the
+// plain file under it (qsd writes a json: pseudo-filename for a node
+// added with options, which cannot be opened again), and its format.
+func backingFileOf(backing *block.Node) (name, format string) {
+	b := block.SkipFilters(block.SkipImplicitFilters(backing))
+	name = storageFilename(b)
+	if name == "" {
+		name = Filename(b)
+	}
+	return name, b.Driver().Name
+}
+
+// imageTarget makes the image a drive-mirror or drive-backup writes to
+// (unless mode is existing) and returns the options that open it: the
+// format given, or for an image that exists and none given, the one
+// probed.
+func (s *Server) imageTarget(ctx context.Context, filename string, mode newImageMode, format string, size int64, backing, backingFormat string) (map[string]any, error) {
+	if mode != "existing" {
+		if err := s.createImage(ctx, filename, format, size, backing, backingFormat); err != nil {
+			return nil, err
+		}
+	}
+	target := map[string]any{"driver": format, "file": map[string]any{"driver": "file", "filename": filename}}
+	if format == "" {
+		probed, err := block.ProbeFormat(filename)
+		if err != nil {
+			return nil, err
+		}
+		target["driver"] = probed
+	}
+	return target, nil
 }
