@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -25,9 +24,6 @@ const (
 )
 
 var pageSize = os.Getpagesize()
-
-// splicedReplies counts the read replies sent from a pipe (for tests).
-var splicedReplies atomic.Int64
 
 // pipe is a kernel pipe a request's reply is assembled in. It is
 // blocking: the worker fills it only up to its capacity, so no write to

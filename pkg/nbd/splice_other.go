@@ -19,7 +19,3 @@ func (*pipePool) put(*pipe, bool)                                          {}
 func (*pipePool) closeAll()                                                {}
 func (c *conn) spliceRead(context.Context, Backend, *request, []span) bool { return false }
 func (c *conn) sendPipe(*request) error                                    { return errors.New("splice is not available") }
-
-var splicedReplies struct{ Load func() int64 }
-
-func init() { splicedReplies.Load = func() int64 { return 0 } }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -45,6 +46,9 @@ type span struct {
 }
 
 var requestPool = sync.Pool{New: func() any { return new(request) }}
+
+// splicedReplies counts the read replies sent from a pipe (for tests).
+var splicedReplies atomic.Int64
 
 func (r *request) fail(errno syscall.Errno, err error) {
 	r.errno = errno
