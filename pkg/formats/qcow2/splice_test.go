@@ -7,13 +7,11 @@ import (
 	"context"
 	"errors"
 	"io"
-	"os"
 	"path/filepath"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/blockd/blockd/pkg/block"
+	"github.com/blockd/blockd/pkg/block/blocktest"
 )
 
 // TestSpliceRead splices ranges of a qcow2 image qemu-io wrote (data,
@@ -33,16 +31,7 @@ func TestSpliceRead(t *testing.T) {
 	g := newGraph()
 	_, r := openImage(t, g, "top", top, nil)
 
-	var fds [2]int
-	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
-		t.Fatal(err)
-	}
-	pr, pw := os.NewFile(uintptr(fds[0]), "r"), fds[1]
-	defer pr.Close()
-	defer unix.Close(pw)
-	if _, err := unix.FcntlInt(uintptr(pw), unix.F_SETPIPE_SZ, 1<<20); err != nil {
-		t.Fatal(err)
-	}
+	pr, pw := blocktest.Pipe(t)
 	ctx := context.Background()
 	tests := []struct {
 		name     string

@@ -12,8 +12,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/blockd/blockd/pkg/block"
 	"github.com/blockd/blockd/pkg/block/blocktest"
 	_ "github.com/blockd/blockd/pkg/formats/file"
@@ -48,16 +46,7 @@ func TestSpliceRead(t *testing.T) {
 	}
 	viaFilter := blocktest.NewRoot(t, filtered, block.PermConsistentRead, block.PermAll)
 
-	var fds [2]int
-	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
-		t.Fatal(err)
-	}
-	r, w := os.NewFile(uintptr(fds[0]), "r"), fds[1]
-	defer r.Close()
-	defer unix.Close(w)
-	if _, err := unix.FcntlInt(uintptr(w), unix.F_SETPIPE_SZ, 1<<20); err != nil {
-		t.Fatal(err)
-	}
+	r, w := blocktest.Pipe(t)
 
 	ctx := context.Background()
 	tests := []struct {
