@@ -52,6 +52,7 @@ func TestDependencies(t *testing.T) {
 		{"pkg/formats/file", []string{"pkg/block"}},
 		{"pkg/formats/nullco", []string{"pkg/block"}},
 		{"pkg/formats/raw", []string{"pkg/block"}},
+		{"pkg/formats/snapshotaccess", []string{"pkg/block"}},
 		{"pkg/formats/qcow2", []string{"pkg/block"}},
 		// The nbd driver decodes its SocketAddress union itself, with QMP's
 		// strict decoder for qsd's wording (qmp knows nothing of blocks,

@@ -96,8 +96,8 @@ const (
 
 // ErrnoOf maps a backend error to the NBD error value sent to the client:
 // a syscall.Errno found with errors.As maps to the matching NBD error
-// (EROFS and EACCES to EPERM; EDQUOT and EFBIG to ENOSPC; EOPNOTSUPP to
-// ENOTSUP), ErrNotSupported to ENOTSUP, a cancelled context to ESHUTDOWN,
+// (EROFS to EPERM; EACCES to EINVAL, as qsd 7.2 sends it; EDQUOT and
+// EFBIG to ENOSPC; EOPNOTSUPP to ENOTSUP), ErrNotSupported to ENOTSUP, a cancelled context to ESHUTDOWN,
 // anything else to EIO. ErrnoOf(nil) is 0.
 func ErrnoOf(err error) syscall.Errno {
 	if err == nil {
@@ -106,13 +106,13 @@ func ErrnoOf(err error) syscall.Errno {
 	var en syscall.Errno
 	if errors.As(err, &en) {
 		switch en {
-		case syscall.EPERM, syscall.EROFS, syscall.EACCES:
+		case syscall.EPERM, syscall.EROFS:
 			return EPERM
 		case syscall.EIO:
 			return EIO
 		case syscall.ENOMEM:
 			return ENOMEM
-		case syscall.EINVAL:
+		case syscall.EINVAL, syscall.EACCES:
 			return EINVAL
 		case syscall.ENOSPC, syscall.EDQUOT, syscall.EFBIG:
 			return ENOSPC

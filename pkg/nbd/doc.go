@@ -108,7 +108,8 @@
 // A backend error is sent as an NBD error for that request, and the
 // connection stays up (see ErrnoOf): syscall.Errno values map to their NBD
 // equivalents (EPERM, EIO, ENOMEM, EINVAL, ENOSPC, EOVERFLOW, ENOTSUP,
-// ESHUTDOWN; EROFS and EACCES to EPERM, EDQUOT and EFBIG to ENOSPC),
+// ESHUTDOWN; EROFS to EPERM, EACCES to EINVAL as qsd does (a snapshot
+// view's refusal), EDQUOT and EFBIG to ENOSPC),
 // ErrNotSupported to ENOTSUP, a cancelled context to ESHUTDOWN, anything
 // else to EIO. ENOTSUP from Trim, Cache and Flush counts as success (they
 // are hints, or there is nothing to flush); from a Zero without FAST_ZERO

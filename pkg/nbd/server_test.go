@@ -885,7 +885,7 @@ func TestErrnoOf(t *testing.T) {
 		{nil, 0},
 		{syscall.EPERM, nbd.EPERM},
 		{fmt.Errorf("x: %w", syscall.EROFS), nbd.EPERM},
-		{syscall.EACCES, nbd.EPERM},
+		{syscall.EACCES, nbd.EINVAL},
 		{syscall.EIO, nbd.EIO},
 		{syscall.ENOMEM, nbd.ENOMEM},
 		{syscall.EINVAL, nbd.EINVAL},

@@ -51,6 +51,16 @@ func newBlockCopy(source, target *block.Child) (*blockCopy, error) {
 	return &blockCopy{source: source, target: target, cluster: cluster, size: size, bitmap: bm}, nil
 }
 
+// startFrom limits the copy to the clusters dirty in bm (the filter's
+// bitmap option), which must be usable and of the source's size.
+func (b *blockCopy) startFrom(bm *block.DirtyBitmap) error {
+	if err := bm.CheckUse(block.UseBits); err != nil {
+		return err
+	}
+	b.bitmap.Clear()
+	return b.bitmap.Merge(bm)
+}
+
 // onCopied makes fn hear of every byte copied from now on.
 func (b *blockCopy) onCopied(fn func(int64)) { b.copied.Store(&fn) }
 
