@@ -308,6 +308,30 @@ func (b *DirtyBitmap) NextDirty(from, maxLen int64) (off, n int64) {
 	return off, end - off
 }
 
+// NextDirtyIn returns the first dirty extent inside [from, end): it
+// starts at from or at the start of the first dirty granule after it, and
+// ends at the next clean granule, the bitmap's end or end, whichever comes
+// first. n is 0 (and off -1) when [from, end) is clean. Unlike NextDirty
+// it looks no further than end, so an NBD export's block status costs
+// what the asked range holds, not what the rest of the disk does.
+func (b *DirtyBitmap) NextDirtyIn(from, end int64) (off, n int64) {
+	s := b.st.Load()
+	from, end = max(from, 0), min(end, s.size)
+	if from >= end {
+		return -1, 0
+	}
+	g := s.bits.next(from>>b.shift, b.granules(end), true)
+	if g < 0 {
+		return -1, 0
+	}
+	off = max(from, g<<b.shift)
+	stop := end
+	if c := s.bits.next(g, b.granules(end), false); c >= 0 {
+		stop = min(c<<b.shift, end)
+	}
+	return off, stop - off
+}
+
 // NextClean returns the first offset at or after from whose granule is
 // clean, or -1 if everything from there to the end is dirty.
 func (b *DirtyBitmap) NextClean(from int64) int64 {

@@ -214,6 +214,25 @@ func TestDirtyBitmapModel(t *testing.T) {
 						if b.Count() != count {
 							t.Fatalf("count %d, model %d", b.Count(), count)
 						}
+						// NextDirtyIn finds, in a random range, the first
+						// dirty run of the model, clipped to the range.
+						from, end := rng.Int64N(size+gran), rng.Int64N(size+gran)
+						wantOff, wantN := int64(-1), int64(0)
+						for p := from; p < min(end, size); p++ {
+							if model[p/gran] {
+								if wantN == 0 {
+									wantOff = p
+								}
+								wantN++
+								p = min((p/gran+1)*gran, end, size) - 1
+								wantN = p + 1 - wantOff
+							} else if wantN > 0 {
+								break
+							}
+						}
+						if off, n := b.NextDirtyIn(from, end); off != wantOff || n != wantN {
+							t.Fatalf("NextDirtyIn(%d, %d) = %d, %d; model %d, %d", from, end, off, n, wantOff, wantN)
+						}
 					}
 					checkInvariants(t, b)
 				})
@@ -248,6 +267,28 @@ func TestDirtyBitmapNext(t *testing.T) {
 	} {
 		if off, n := b.NextDirty(tc.from, tc.max); off != tc.off || n != tc.n {
 			t.Errorf("NextDirty(%d, %d) = %d, %d; want %d, %d", tc.from, tc.max, off, n, tc.off, tc.n)
+		}
+	}
+	for _, tc := range []struct {
+		from, end int64
+		off, n    int64
+	}{
+		{0, 300 * k, 10 * k, 5 * k},
+		{0, 10 * k, -1, 0},             // clean up to end, dirty right after
+		{0, 12*k + 5, 10 * k, 2*k + 5}, // end inside a dirty granule
+		{-5, 11 * k, 10 * k, k},
+		{12*k + 7, 20 * k, 12*k + 7, 3*k - 7},
+		{15 * k, 63 * k, -1, 0},
+		{15 * k, 64*k + 1, 63 * k, k + 1},
+		{100 * k, 1 << 40, 100 * k, 33 * k}, // end past the bitmap
+		{133 * k, 1 << 40, 300 * k, 100},
+		{300 * k, 300*k + 50, 300 * k, 50},
+		{5 * k, 5 * k, -1, 0}, // empty range
+		{6 * k, 5 * k, -1, 0},
+		{300*k + 100, 1 << 40, -1, 0},
+	} {
+		if off, n := b.NextDirtyIn(tc.from, tc.end); off != tc.off || n != tc.n {
+			t.Errorf("NextDirtyIn(%d, %d) = %d, %d; want %d, %d", tc.from, tc.end, off, n, tc.off, tc.n)
 		}
 	}
 	for _, tc := range []struct{ from, want int64 }{
