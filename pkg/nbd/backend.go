@@ -76,6 +76,25 @@ type Extent struct {
 	Depth int
 }
 
+// A DirtyMap is a dirty bitmap as an export serves it: which ranges of
+// the export changed since the bitmap was started. Its offsets are the
+// export's. It is read while requests run, from several goroutines at
+// once, and must be safe for that; it is not reached through the
+// export's gate, so it must not depend on the backend.
+type DirtyMap interface {
+	// NextDirtyIn returns the first dirty range inside [from, end): it
+	// starts at from or later and ends at the first clean byte after it
+	// or at end. n is 0 when [from, end) is clean.
+	NextDirtyIn(from, end int64) (off, n int64)
+}
+
+// ExportBitmap is a dirty bitmap an export offers as the metadata
+// context "qemu:dirty-bitmap:" + Name (qsd's block-export-add bitmaps).
+type ExportBitmap struct {
+	Name string
+	Map  DirtyMap
+}
+
 // ErrNotSupported is the sentinel a backend wraps when it cannot do an
 // operation (a fast zero that would be slow, a missing block status). It is
 // sent to the client as ENOTSUP where the protocol allows that.

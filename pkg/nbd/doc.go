@@ -18,12 +18,16 @@
 //   - NBD_OPT_LIST: one NBD_REP_SERVER per export, name then description.
 //   - NBD_OPT_STRUCTURED_REPLY (once; again or with data: ERR_INVALID).
 //   - NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT with
-//     "base:allocation" and, when the export enables it,
-//     "qemu:allocation-depth". Listing with no query, or with the "base:"
-//     and "qemu:" wildcards, lists what the export offers; in a SET the
-//     wildcards select nothing; other queries are ignored. SET needs
-//     structured replies, LIST does not (as in QEMU). Contexts selected for
-//     one export are dropped when the client then opens another.
+//     "base:allocation", "qemu:allocation-depth" when the export enables
+//     it, and "qemu:dirty-bitmap:NAME" for each of the export's
+//     ExportOptions.Bitmaps. Listing with no query, or with the "base:",
+//     "qemu:" and "qemu:dirty-bitmap:" wildcards, lists what the export
+//     offers (of that namespace); in a SET the wildcards select nothing;
+//     other queries are ignored. Contexts are answered base, depth, then
+//     bitmaps in the export's order, with QEMU's ids (0, 1, then 2 and up
+//     by the bitmap's position). SET needs structured replies, LIST does
+//     not (as in QEMU). Contexts selected for one export are dropped when
+//     the client then opens another.
 //   - NBD_OPT_ABORT (ACK, then close); NBD_OPT_STARTTLS is refused with
 //     NBD_REP_ERR_POLICY; anything else gets NBD_REP_ERR_UNSUP. Options are
 //     parsed up to 64 KiB; longer ones are skipped without buffering and
@@ -88,9 +92,12 @@
 // reading them (if BlockStatus fails, other than with ErrNotSupported, so
 // does the READ, as in qsd); other reads, and DF reads, are one
 // OFFSET_DATA chunk.
-// BLOCK_STATUS sends one chunk per selected context, merging extents with
-// equal values; a backend without block status is reported as allocated
-// data. Successful replies to other commands are simple replies; errors are
+// BLOCK_STATUS sends one chunk per selected context, in the order above,
+// merging extents with equal values, at most 8192 per chunk (1 with
+// REQ_ONE); a backend without block status is reported as allocated data.
+// A bitmap's chunk comes from its DirtyMap (dirty ranges flagged
+// NBD_STATE_DIRTY, 1), not from the backend, which is asked only when an
+// allocation context is selected. Successful replies to other commands are simple replies; errors are
 // ERROR chunks carrying a message when structured replies were negotiated.
 //
 // Checks, each failing only its request: flags not valid for the command

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -22,6 +23,10 @@ type ExportOptions struct {
 	Writable bool
 	// AllocationDepth offers the qemu:allocation-depth metadata context.
 	AllocationDepth bool
+	// Bitmaps are offered as qemu:dirty-bitmap:NAME metadata contexts,
+	// in this order. As in QEMU a name may repeat (two nodes' bitmaps of
+	// the same name); a query then selects the first.
+	Bitmaps []ExportBitmap
 	// MultiConn advertises NBD_FLAG_CAN_MULTI_CONN: a flush or FUA write on
 	// one connection is visible on all of them.
 	MultiConn bool
@@ -170,6 +175,15 @@ func checkExportOptions(o *ExportOptions, maxInFlight int64) error {
 	}
 	if len(o.Description) > maxStringLen {
 		return fmt.Errorf("export description is longer than %d bytes", maxStringLen)
+	}
+	o.Bitmaps = slices.Clone(o.Bitmaps) // the caller's slice stays theirs
+	for _, b := range o.Bitmaps {
+		if b.Map == nil {
+			return fmt.Errorf("bitmap '%s' has no map", b.Name)
+		}
+		if len(ctxDirtyBitmap)+len(b.Name) > maxStringLen {
+			return fmt.Errorf("bitmap name is longer than %d bytes", maxStringLen-len(ctxDirtyBitmap))
+		}
 	}
 	if o.MinBlock == 0 {
 		o.MinBlock = defaultMinBlock

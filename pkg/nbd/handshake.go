@@ -26,11 +26,30 @@ func protocolErrorf(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", errProtocol, fmt.Sprintf(format, args...))
 }
 
-// metaState is what NBD_OPT_SET_META_CONTEXT selected.
+// metaState is what NBD_OPT_SET_META_CONTEXT selected (or, while a
+// NBD_OPT_LIST_META_CONTEXT is parsed, what it lists).
 type metaState struct {
-	export string
-	base   bool // base:allocation
-	depth  bool // qemu:allocation-depth
+	export  string
+	base    bool   // base:allocation
+	depth   bool   // qemu:allocation-depth
+	bitmaps []bool // qemu:dirty-bitmap:NAME, by index in the export's Bitmaps
+	nbitmap int    // how many of bitmaps are set
+}
+
+// any reports whether a context is selected.
+func (m *metaState) any() bool { return m.base || m.depth || m.nbitmap > 0 }
+
+func (m *metaState) selectBitmap(i int) {
+	if !m.bitmaps[i] {
+		m.bitmaps[i] = true
+		m.nbitmap++
+	}
+}
+
+func (m *metaState) selectAllBitmaps() {
+	for i := range m.bitmaps {
+		m.selectBitmap(i)
+	}
 }
 
 // conn is one client connection. The handshake runs on the connection's
@@ -450,10 +469,11 @@ func (c *conn) infoGo(opt uint32, data []byte) (bool, error) {
 }
 
 // metaContext handles NBD_OPT_LIST_META_CONTEXT and
-// NBD_OPT_SET_META_CONTEXT. Queries follow QEMU: "base:allocation" and
-// "qemu:allocation-depth" select; in a list, "base:" and "qemu:" are
-// wildcards for their namespace and no query at all lists everything.
-// Other queries are ignored.
+// NBD_OPT_SET_META_CONTEXT, in QEMU's order: the export name, the export,
+// the query count, the queries. No query in a LIST lists everything the
+// export offers; each query is matched by matchQuery. Selected contexts
+// are answered base:allocation first, then qemu:allocation-depth, then
+// the bitmaps in the export's order, each once.
 func (c *conn) metaContext(opt uint32, data []byte) error {
 	set := opt == optSetMetaContext
 	if set {
@@ -472,51 +492,87 @@ func (c *conn) metaContext(opt uint32, data []byte) error {
 	if len(name) > maxStringLen {
 		return c.optError(opt, repErrInvalid, "%s: export name too long", optName(opt))
 	}
+	e := c.srv.Export(name)
+	if e == nil {
+		return c.optError(opt, repErrUnknown, "export '%s' not present", sanitize(name))
+	}
 	if len(p) < 4 {
 		return c.optError(opt, repErrInvalid, "%s: missing query count", optName(opt))
 	}
 	nq := be.Uint32(p)
 	p = p[4:]
-	var base, depth bool
-	e := c.srv.Export(name)
-	allowDepth := e != nil && e.opts.AllocationDepth
+	m := metaState{export: name}
+	if n := len(e.opts.Bitmaps); n > 0 {
+		m.bitmaps = make([]bool, n)
+	}
+	if nq == 0 && !set {
+		m.base, m.depth = true, e.opts.AllocationDepth
+		m.selectAllBitmaps()
+	}
 	for i := uint32(0); i < nq; i++ {
 		q, ok := readString32(&p)
 		if !ok {
 			return c.optError(opt, repErrInvalid, "%s: query %d does not fit in the option", optName(opt), i)
 		}
-		switch q {
-		case ctxBaseAllocation:
-			base = true
-		case ctxAllocationDepth:
-			depth = depth || allowDepth
-		case "base:":
-			base = base || !set
-		case "qemu:":
-			depth = depth || (!set && allowDepth)
-		}
+		matchQuery(&m, e, q, set)
 	}
 	// Data after the last query is ignored, as QEMU does.
-	if e == nil {
-		return c.optError(opt, repErrUnknown, "export '%s' not present", sanitize(name))
-	}
-	if nq == 0 && !set {
-		base, depth = true, allowDepth
-	}
-	if base {
+	if m.base {
 		if err := c.optReply(opt, repMetaContext, metaContextReply(ctxIDBaseAllocation, ctxBaseAllocation, set)); err != nil {
 			return err
 		}
 	}
-	if depth {
+	if m.depth {
 		if err := c.optReply(opt, repMetaContext, metaContextReply(ctxIDAllocationDepth, ctxAllocationDepth, set)); err != nil {
 			return err
 		}
 	}
+	for i, on := range m.bitmaps {
+		if on {
+			id := ctxIDDirtyBitmap + uint32(i)
+			if err := c.optReply(opt, repMetaContext, metaContextReply(id, ctxDirtyBitmap+e.opts.Bitmaps[i].Name, set)); err != nil {
+				return err
+			}
+		}
+	}
 	if set {
-		c.meta = metaState{export: name, base: base, depth: depth}
+		c.meta = m
 	}
 	return c.optReply(opt, repAck, nil)
+}
+
+// matchQuery selects in m what one query names, as QEMU matches them:
+// "base:allocation", "qemu:allocation-depth" (if the export offers it)
+// and "qemu:dirty-bitmap:NAME" (the first of the export's bitmaps of that
+// name) select their context; in a LIST only, "base:", "qemu:" and
+// "qemu:dirty-bitmap:" select every context of their namespace. Anything
+// else selects nothing.
+func matchQuery(m *metaState, e *Export, q string, set bool) {
+	switch {
+	case q == ctxBaseAllocation:
+		m.base = true
+	case q == "base:":
+		m.base = m.base || !set
+	case q == ctxAllocationDepth:
+		m.depth = m.depth || e.opts.AllocationDepth
+	case q == "qemu:":
+		if !set {
+			m.depth = m.depth || e.opts.AllocationDepth
+			m.selectAllBitmaps()
+		}
+	case q == ctxDirtyBitmap:
+		if !set {
+			m.selectAllBitmaps()
+		}
+	case strings.HasPrefix(q, ctxDirtyBitmap):
+		want := q[len(ctxDirtyBitmap):]
+		for i, b := range e.opts.Bitmaps {
+			if b.Name == want {
+				m.selectBitmap(i)
+				break
+			}
+		}
+	}
 }
 
 func metaContextReply(id uint32, name string, set bool) []byte {

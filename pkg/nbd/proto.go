@@ -117,8 +117,9 @@ const (
 
 // base:allocation flags.
 const (
-	stateHole = wire.StateHole
-	stateZero = wire.StateZero
+	stateHole  = wire.StateHole
+	stateZero  = wire.StateZero
+	stateDirty = wire.StateDirty
 )
 
 // Error values.
@@ -138,8 +139,13 @@ const (
 	ctxBaseAllocation  = wire.CtxBaseAllocation
 	ctxAllocationDepth = wire.CtxAllocationDepth
 
+	ctxDirtyBitmap = wire.CtxDirtyBitmap
+
+	// As QEMU numbers them: the export's bitmaps get 2, 3, ... in the
+	// order the export lists them.
 	ctxIDBaseAllocation  = 0
 	ctxIDAllocationDepth = 1
+	ctxIDDirtyBitmap     = 2
 )
 
 // Sizes.

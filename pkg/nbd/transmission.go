@@ -34,8 +34,7 @@ type request struct {
 	spans []span   // sparse READ: the reply's content chunks, in order
 	parts []span   // READ: the data parts to read (scratch)
 	bs    []byte   // BLOCK_STATUS: encoded chunk payloads
-	bsEnd [2]int   // end of each chunk payload in bs
-	nbs   int      // number of block status chunks
+	bsEnd []int    // end of each chunk payload in bs
 	exts  []Extent // scratch for block status
 }
 
@@ -63,7 +62,7 @@ func (r *request) reset() {
 	r.spans = r.spans[:0]
 	r.parts = r.parts[:0]
 	r.bs = r.bs[:0]
-	r.nbs = 0
+	r.bsEnd = r.bsEnd[:0]
 	r.exts = r.exts[:0]
 }
 
@@ -334,7 +333,7 @@ func (c *conn) validate(r *request) bool {
 		return false
 	}
 	if r.typ == cmdBlockStatus {
-		if !c.meta.base && !c.meta.depth {
+		if !c.meta.any() {
 			r.fail(syscall.EINVAL, errors.New("no metadata context was negotiated"))
 			return false
 		}
@@ -515,15 +514,42 @@ func (c *conn) findHoles(ctx context.Context, b Backend, r *request) error {
 	return nil
 }
 
-// maxExtents bounds the extents gathered for one block status request
-// (and so the descriptors of a chunk); the client asks again for the rest.
+// maxExtents bounds the extents of one block status chunk; the client
+// asks again for the rest. (qsd allows 131072; a smaller bound keeps the
+// pooled reply buffers of a connection's workers small.)
 const maxExtents = 8192
 
-// blockStatus asks the backend about [off, off+length) and encodes one
-// chunk payload per negotiated context.
+// blockStatus encodes one chunk payload per negotiated context: the
+// allocation contexts from the backend's block status, then each
+// selected bitmap from its map. Each chunk describes the range from its
+// start, as far as its extents (1 with REQ_ONE) reach.
 func (c *conn) blockStatus(ctx context.Context, b Backend, r *request) error {
 	off, n := int64(r.off), int64(r.length)
-	reqOne := r.flags&cmdFlagReqOne != 0
+	limit := maxExtents
+	if r.flags&cmdFlagReqOne != 0 {
+		limit = 1
+	}
+	r.bs, r.bsEnd = r.bs[:0], r.bsEnd[:0]
+	if c.meta.base || c.meta.depth {
+		if err := c.allocationStatus(ctx, b, r, off, n, limit); err != nil {
+			return err
+		}
+	}
+	for i, on := range c.meta.bitmaps {
+		if on {
+			m := c.exp.opts.Bitmaps[i].Map
+			x := extentWriter{bs: be.AppendUint32(r.bs, ctxIDDirtyBitmap+uint32(i)), limit: limit}
+			x.bitmap(m, off, off+n)
+			r.bs = x.bs
+			r.bsEnd = append(r.bsEnd, len(r.bs))
+		}
+	}
+	return nil
+}
+
+// allocationStatus asks the backend about [off, off+n) and encodes the
+// chunks of base:allocation and qemu:allocation-depth, as selected.
+func (c *conn) allocationStatus(ctx context.Context, b Backend, r *request, off, n int64, limit int) error {
 	exts := r.exts[:0]
 	var pos int64
 	for pos < n && len(exts) < maxExtents {
@@ -551,41 +577,21 @@ func (c *conn) blockStatus(ctx context.Context, b Backend, r *request) error {
 			}
 			break
 		}
-		if reqOne {
+		if limit == 1 {
 			break
 		}
 	}
 	r.exts = exts
-
-	bs := r.bs[:0]
-	r.nbs = 0
 	encode := func(id uint32, flagsOf func(Extent) uint32) {
-		bs = be.AppendUint32(bs, id)
-		emit := func(l int64, f uint32) {
-			for l > 0 {
-				k := min(l, 0xffffffff)
-				bs = be.AppendUint32(bs, uint32(k))
-				bs = be.AppendUint32(bs, f)
-				l -= k
+		x := extentWriter{bs: be.AppendUint32(r.bs, id), limit: limit}
+		for _, e := range exts {
+			if !x.add(e.Length, flagsOf(e)) {
+				break
 			}
 		}
-		var curLen int64
-		var cur uint32
-		for _, x := range exts {
-			f := flagsOf(x)
-			if curLen > 0 && f != cur {
-				emit(curLen, cur)
-				curLen = 0
-				if reqOne {
-					break
-				}
-			}
-			cur = f
-			curLen += x.Length
-		}
-		emit(curLen, cur)
-		r.bsEnd[r.nbs] = len(bs)
-		r.nbs++
+		x.finish()
+		r.bs = x.bs
+		r.bsEnd = append(r.bsEnd, len(r.bs))
 	}
 	if c.meta.base {
 		encode(ctxIDBaseAllocation, func(x Extent) uint32 {
@@ -602,8 +608,72 @@ func (c *conn) blockStatus(ctx context.Context, b Backend, r *request) error {
 	if c.meta.depth {
 		encode(ctxIDAllocationDepth, func(x Extent) uint32 { return uint32(max(x.Depth, 0)) })
 	}
-	r.bs = bs
 	return nil
+}
+
+// extentWriter appends the descriptors of one block status chunk to bs:
+// runs with equal flags are merged, and at most limit descriptors are
+// written (a run that does not fit ends the chunk).
+type extentWriter struct {
+	bs    []byte
+	limit int
+	count int    // descriptors written
+	cur   uint32 // flags of the pending run
+	n     int64  // length of the pending run; 0 if none
+}
+
+// add appends a run; it reports false once the chunk is full.
+func (x *extentWriter) add(n int64, flags uint32) bool {
+	if n <= 0 {
+		return true
+	}
+	if x.n > 0 && flags == x.cur {
+		x.n += n
+		return true
+	}
+	if x.n > 0 && !x.emit() {
+		return false
+	}
+	x.cur, x.n = flags, n
+	return true
+}
+
+// emit writes the pending run, in pieces that fit a descriptor's 32-bit
+// length; it reports false if the limit cut it short.
+func (x *extentWriter) emit() bool {
+	for x.n > 0 {
+		if x.count == x.limit {
+			return false
+		}
+		k := min(x.n, 0xffffffff)
+		x.bs = be.AppendUint32(x.bs, uint32(k))
+		x.bs = be.AppendUint32(x.bs, x.cur)
+		x.count++
+		x.n -= k
+	}
+	return true
+}
+
+func (x *extentWriter) finish() { x.emit() }
+
+// bitmap writes the runs of m over [off, end): dirty ranges with
+// NBD_STATE_DIRTY, the gaps between them clean. A map that answers
+// outside the range it was asked about is clipped to it.
+func (x *extentWriter) bitmap(m DirtyMap, off, end int64) {
+	for pos := off; pos < end; {
+		d, l := m.NextDirtyIn(pos, end)
+		if l <= 0 || d >= end {
+			x.add(end-pos, 0)
+			break
+		}
+		d = max(d, pos)
+		l = min(l, end-d)
+		if !x.add(d-pos, 0) || !x.add(l, stateDirty) {
+			return
+		}
+		pos = d + l
+	}
+	x.finish()
 }
 
 // reply sends the reply of a finished request. Replies are serialised by
@@ -727,9 +797,9 @@ func (c *conn) writeReply(r *request) {
 		})
 	case r.typ == cmdBlockStatus:
 		start := 0
-		for i := 0; i < r.nbs; i++ {
+		for i := range r.bsEnd {
 			var flags uint16
-			if i == r.nbs-1 {
+			if i == len(r.bsEnd)-1 {
 				flags = replyFlagDone
 			}
 			p := r.bs[start:r.bsEnd[i]]

@@ -121,6 +121,11 @@ const (
 	StateZero = 1 << 1
 )
 
+// qemu:dirty-bitmap:NAME flag. It is bit 0, as StateHole is: a client
+// that reads a dirty bitmap through a base:allocation-minded block status
+// (QEMU's x-dirty-bitmap) sees dirty ranges as holes.
+const StateDirty = 1 << 0
+
 // Error values.
 const (
 	ErrnoPerm     = 1
