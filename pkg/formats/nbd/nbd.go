@@ -66,7 +66,9 @@ func open(ctx context.Context, o *block.Opener, opts *Options) (block.Impl, erro
 		return nil, fmt.Errorf("export name too long to send to server")
 	}
 	if opts.XDirtyBitmap != nil {
-		d.metaCtx = wire.CtxDirtyBitmap + *opts.XDirtyBitmap
+		// As in QEMU, the option names the whole context (so
+		// "qemu:dirty-bitmap:NAME"), whatever its namespace.
+		d.metaCtx = *opts.XDirtyBitmap
 	}
 	if opts.ReconnectDelay != nil {
 		d.delay = time.Duration(*opts.ReconnectDelay) * time.Second
@@ -287,6 +289,13 @@ func (d *driver) BlockStatus(ctx context.Context, off, n int64) (block.Extent, e
 		return block.Extent{}, block.ErrnoError(syscall.EIO)
 	}
 	e := r.extents[0]
+	if d.metaCtx == wire.CtxAllocationDepth {
+		// compat(qsd-7.2): read through x-dirty-bitmap, a depth of 2 or
+		// more (a backing layer) counts as 2, the zero flag.
+		e.flags = min(e.flags, 2)
+	}
+	// A dirty bitmap's NBD_STATE_DIRTY is bit 0, as HOLE is: a dirty
+	// range reads as a hole, as QEMU's x-dirty-bitmap shows it.
 	st := block.StatusAllocated | block.StatusOffsetValid
 	if e.flags&wire.StateHole == 0 {
 		st |= block.StatusData

@@ -176,6 +176,40 @@ func TestReadOnlyExport(t *testing.T) {
 	}
 }
 
+// TestXDirtyBitmap: with x-dirty-bitmap naming one of blockd's exported
+// bitmaps (the whole context name, as QEMU takes it), block status reads
+// the bitmap: dirty ranges as holes, clean ones as data; a bitmap name
+// alone is no context and fails the open.
+func TestXDirtyBitmap(t *testing.T) {
+	ctx := context.Background()
+	bm := nbdtest.NewBitmap(4<<20, 64<<10)
+	bm.Set(1<<20, 100<<10)
+	sock, _ := serve(t, nbdtest.NewMem(4<<20, 4096), nbd.ExportOptions{Name: "e",
+		Bitmaps: []nbd.ExportBitmap{{Name: "b0", Map: bm}}})
+	_, r := open(t, sock, "e", `,"x-dirty-bitmap":"qemu:dirty-bitmap:b0","read-only":true`, block.PermConsistentRead)
+	for _, tc := range []struct {
+		off, want int64
+		data      bool
+	}{
+		{0, 1 << 20, true},
+		{1 << 20, 128 << 10, false},
+		{1<<20 + 4096, 124 << 10, false},
+		{1<<20 + 128<<10, 3<<20 - 128<<10, true},
+	} {
+		e, err := r.Child().BlockStatus(ctx, tc.off, 4<<20-tc.off)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Len != tc.want || (e.Status&block.StatusData != 0) != tc.data || e.Status&block.StatusZero != 0 {
+			t.Errorf("status at %d: len %d status %b, want len %d data %v", tc.off, e.Len, e.Status, tc.want, tc.data)
+		}
+	}
+	_, err := blocktest.TryOpen(blocktest.NewGraph(), nodeJSON(sock, "e", `,"x-dirty-bitmap":"b0","read-only":true`))
+	if err == nil || err.Error() != "requested x-dirty-bitmap b0 not found" {
+		t.Errorf("x-dirty-bitmap without the context's namespace: %v", err)
+	}
+}
+
 // TestOpenErrors: what a QMP client reads when the open fails.
 func TestOpenErrors(t *testing.T) {
 	sock, _ := serve(t, nbdtest.NewMem(1<<20, 4096), nbd.ExportOptions{Name: "e", Writable: true})

@@ -14,9 +14,10 @@ type Options struct {
 	Export      *string       `json:"export,omitempty"`
 	TLSCreds    *string       `json:"tls-creds,omitempty"`
 	TLSHostname *string       `json:"tls-hostname,omitempty"`
-	// XDirtyBitmap selects the context qemu:dirty-bitmap:NAME instead of
-	// base:allocation: block status then reports the bitmap (dirty as
-	// "hole"), as QEMU's x-dirty-bitmap does.
+	// XDirtyBitmap names a metadata context to read block status from
+	// instead of base:allocation, as QEMU's x-dirty-bitmap does: the
+	// whole name, "qemu:dirty-bitmap:NAME" (dirty then reads as a hole)
+	// or "qemu:allocation-depth".
 	XDirtyBitmap   *string `json:"x-dirty-bitmap,omitempty"`
 	ReconnectDelay *uint32 `json:"reconnect-delay,omitempty"`
 	OpenTimeout    *uint32 `json:"open-timeout,omitempty"`
