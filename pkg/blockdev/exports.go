@@ -34,6 +34,9 @@ type export struct {
 	fuse *fuse.Export
 	// mountpoint is a FUSE export's mountpoint as the client gave it.
 	mountpoint string
+	// bitmaps are the dirty bitmaps an NBD export serves; busy while it
+	// does.
+	bitmaps []*block.DirtyBitmap
 }
 
 // SocketAddressLegacy is nbd-server-start's address: {"type", "data"}.
@@ -207,10 +210,10 @@ type ExportArgs struct {
 
 // NBDExportArgs are block-export-add's members for type nbd.
 type NBDExportArgs struct {
-	Name            *string  `json:"name,omitempty"`
-	Description     *string  `json:"description,omitempty"`
-	Bitmaps         []string `json:"bitmaps,omitempty"`
-	AllocationDepth *bool    `json:"allocation-depth,omitempty"`
+	Name            *string       `json:"name,omitempty"`
+	Description     *string       `json:"description,omitempty"`
+	Bitmaps         []bitmapOrStr `json:"bitmaps,omitempty"`
+	AllocationDepth *bool         `json:"allocation-depth,omitempty"`
 }
 
 func (s *Server) blockExportAdd(ctx context.Context, raw json.RawMessage) (any, error) {
@@ -280,9 +283,6 @@ func (s *Server) addExport(ctx context.Context, a *ExportArgs, n *NBDExportArgs)
 	if s.exports.srv == nil {
 		return errors.New("NBD server not running")
 	}
-	if len(n.Bitmaps) > 0 {
-		return errors.New("Exporting dirty bitmaps is not supported by blockd yet")
-	}
 	name := a.NodeName
 	if n.Name != nil {
 		name = *n.Name
@@ -302,6 +302,10 @@ func (s *Server) addExport(ctx context.Context, a *ExportArgs, n *NBDExportArgs)
 	if err != nil {
 		return err
 	}
+	bitmaps, err := exportBitmaps(tx.Graph(), node, n.Bitmaps, writable)
+	if err != nil {
+		return err
+	}
 	desc := ""
 	if n.Description != nil {
 		desc = *n.Description
@@ -312,6 +316,7 @@ func (s *Server) addExport(ctx context.Context, a *ExportArgs, n *NBDExportArgs)
 		Description:     desc,
 		Writable:        writable,
 		AllocationDepth: n.AllocationDepth != nil && *n.AllocationDepth,
+		Bitmaps:         nbdBitmaps(bitmaps),
 		MultiConn:       true,
 		// compat(qsd-7.2): the node's request alignment is the minimum
 		// block size a client that asks for block sizes must honour.
@@ -324,8 +329,66 @@ func (s *Server) addExport(ctx context.Context, a *ExportArgs, n *NBDExportArgs)
 		_ = s.exports.srv.RemoveExport(name, true)
 		return err
 	}
-	s.exports.exports = append(s.exports.exports, &export{id: a.ID, typ: a.Type, root: root, nbd: ex})
+	// compat(qsd-7.2): every bitmap is checked before any turns busy, so
+	// that one listed twice is exported twice.
+	for _, b := range bitmaps {
+		b.SetBusy(true)
+	}
+	s.exports.exports = append(s.exports.exports, &export{id: a.ID, typ: a.Type, root: root, nbd: ex, bitmaps: bitmaps})
 	return nil
+}
+
+// exportBitmaps finds the bitmaps an NBD export of node is to serve and
+// checks that it may, as qsd 7.2's nbd_export_create does: a bitmap by
+// name is the first of that name on node or down its chain (filters and
+// backing files); one by node and name is looked up as the bitmap
+// commands do. A read-only export may not serve a recording bitmap
+// (found by name) of a writable node, whose bits could change under the
+// client; a busy or inconsistent bitmap is refused. The graph lock must
+// be held.
+func exportBitmaps(g *block.Graph, node *block.Node, refs []bitmapOrStr, writable bool) ([]*block.DirtyBitmap, error) {
+	var out []*block.DirtyBitmap
+	for _, ref := range refs {
+		var b *block.DirtyBitmap
+		if ref.External != nil {
+			var err error
+			if _, b, err = findBitmap(g, ref.External.Node, ref.External.Name); err != nil {
+				return nil, err
+			}
+		} else {
+			var owner *block.Node
+			for x := node; x != nil && b == nil; {
+				if b = x.FindDirtyBitmap(ref.Local); b != nil {
+					owner = x
+				} else if c := block.FilteredOrCOWChild(x); c != nil {
+					x = c.Node()
+				} else {
+					x = nil
+				}
+			}
+			if b == nil {
+				// compat(qsd-7.2): nbd_export_create's wording.
+				return nil, fmt.Errorf("Bitmap '%s' is not found", ref.Local)
+			}
+			if !writable && !owner.ReadOnly() && b.Recording() {
+				return nil, fmt.Errorf("Enabled bitmap '%s' incompatible with readonly export", ref.Local)
+			}
+		}
+		if err := b.CheckUse(block.UseBits); err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+// nbdBitmaps are an export's bitmaps as the NBD server serves them.
+func nbdBitmaps(bms []*block.DirtyBitmap) []nbd.ExportBitmap {
+	var out []nbd.ExportBitmap
+	for _, b := range bms {
+		out = append(out, nbd.ExportBitmap{Name: b.Name(), Map: b})
+	}
+	return out
 }
 
 // checkExportIDLocked checks a new export's id, as every export type does
@@ -516,6 +579,9 @@ func (s *Server) deleteExportLocked(e *export, hard bool) {
 		e.fuse.Close()
 	}
 	s.exports.exports = slices.DeleteFunc(s.exports.exports, func(x *export) bool { return x == e })
+	for _, b := range e.bitmaps {
+		b.SetBusy(false)
+	}
 	s.detachRoot(e.root)
 	s.emit.Emit("BLOCK_EXPORT_DELETED", map[string]any{"id": e.id})
 }
@@ -715,7 +781,7 @@ func (s *Server) nbdServerAdd(ctx context.Context, a *nbdServerAddArgs) (empty, 
 	}
 	n := &NBDExportArgs{Name: &name, Description: a.Description}
 	if a.Bitmap != nil {
-		n.Bitmaps = []string{*a.Bitmap}
+		n.Bitmaps = []bitmapOrStr{{Local: *a.Bitmap}}
 	}
 	return empty{}, s.addExport(ctx, &ExportArgs{Type: "nbd", ID: name, NodeName: a.Device, Writable: a.Writable}, n)
 }
