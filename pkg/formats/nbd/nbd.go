@@ -87,7 +87,9 @@ func open(ctx context.Context, o *block.Opener, opts *Options) (block.Impl, erro
 	d.info, d.c = c.info, c
 	if opts.XDirtyBitmap != nil && !c.info.hasMeta {
 		c.close()
-		return nil, fmt.Errorf("requested x-dirty-bitmap %s not found", *opts.XDirtyBitmap)
+		// compat(qsd-7.2): its nbd driver drops its own message
+		// ("requested x-dirty-bitmap %s not found") and reports EINVAL.
+		return nil, block.Errorf(block.ErrInvalid, "Could not open image: Invalid argument")
 	}
 	if c.info.has(wire.TFReadOnly) && !o.ReadOnly() {
 		common := o.Common()

@@ -205,7 +205,7 @@ func TestXDirtyBitmap(t *testing.T) {
 		}
 	}
 	_, err := blocktest.TryOpen(blocktest.NewGraph(), nodeJSON(sock, "e", `,"x-dirty-bitmap":"b0","read-only":true`))
-	if err == nil || err.Error() != "requested x-dirty-bitmap b0 not found" {
+	if err == nil || err.Error() != "Could not open image: Invalid argument" {
 		t.Errorf("x-dirty-bitmap without the context's namespace: %v", err)
 	}
 }
@@ -218,7 +218,7 @@ func TestOpenErrors(t *testing.T) {
 		{nodeJSON(sock, "nope", ""), "Requested export not available"},
 		{nodeJSON(missing, "e", ""), "Failed to connect to '" + missing + "': No such file or directory"},
 		{nodeJSON(sock, "e", `,"tls-creds":"t0"`), "blockd does not support TLS for NBD yet"},
-		{nodeJSON(sock, "e", `,"x-dirty-bitmap":"b0"`), "requested x-dirty-bitmap b0 not found"},
+		{nodeJSON(sock, "e", `,"x-dirty-bitmap":"b0"`), "Could not open image: Invalid argument"},
 		{`{"driver":"nbd","node-name":"dut","server":{"type":"unix"}}`, "Parameter 'server.path' is missing"},
 		{`{"driver":"nbd","node-name":"dut","server":{"type":"unix","path":"x","host":"h"}}`, "Parameter 'server.host' is unexpected"},
 		{`{"driver":"nbd","node-name":"dut","server":{"type":"fd","str":"3"}}`, "blockd's nbd driver does not support socket address type 'fd'"},
