@@ -55,8 +55,13 @@ func metaReplies(t *testing.T, c *client, opt uint32, data []byte) []string {
 // TestDirtyBitmapContexts: listing and selecting qemu:dirty-bitmap:NAME,
 // as qsd 7.2 answers each query.
 func TestDirtyBitmapContexts(t *testing.T) {
-	s := bitmapServer(t)
-	c := s.dial(t)
+	runBitmapContextCases(t, bitmapServer(t).dial)
+}
+
+// runBitmapContextCases runs the meta context cases on the exports
+// bitmapServer describes, reached with dial.
+func runBitmapContextCases(t *testing.T, dial func(testing.TB) *client) {
+	c := dial(t)
 	c.greeting(3)
 	c.opt(optStructuredReply, nil)
 	all := "[0:base:allocation 0:qemu:allocation-depth 0:qemu:dirty-bitmap:b0 0:qemu:dirty-bitmap:b1 ack]"
@@ -115,6 +120,18 @@ func statusChunks(t *testing.T, c *client, flags uint16, off uint64, length uint
 // honoured; the backend's block status is not asked for bitmaps alone.
 func TestDirtyBitmapBlockStatus(t *testing.T) {
 	s := bitmapServer(t)
+	runBitmapStatusCases(t, s)
+	// With base:allocation too the backend is asked, and its error fails
+	// the request as a whole.
+	c2, _ := s.connect(t, "e", true, "base:allocation", "qemu:dirty-bitmap:b0")
+	if res := c2.roundTrip(cmdBlockStatus, 0, 0, 4096, nil); res.errno != 5 {
+		t.Errorf("status with a failing backend: errno %d, want EIO", res.errno)
+	}
+}
+
+// runBitmapStatusCases runs the block status cases on the exports
+// bitmapServer describes, served by s.
+func runBitmapStatusCases(t *testing.T, s *testServer) {
 	c, x := s.connect(t, "e", true, "qemu:dirty-bitmap:b1", "qemu:dirty-bitmap:b0")
 	if fmt.Sprint(x.contexts) != "map[qemu:dirty-bitmap:b0:2 qemu:dirty-bitmap:b1:3]" {
 		t.Fatalf("contexts %v", x.contexts)
@@ -136,12 +153,6 @@ func TestDirtyBitmapBlockStatus(t *testing.T) {
 		if got := fmt.Sprint(statusChunks(t, c, tc.flags, uint64(tc.off), tc.length)); got != tc.want {
 			t.Errorf("%s:\n got %s\nwant %s", tc.name, got, tc.want)
 		}
-	}
-	// With base:allocation too the backend is asked, and its error fails
-	// the request as a whole.
-	c2, _ := s.connect(t, "e", true, "base:allocation", "qemu:dirty-bitmap:b0")
-	if res := c2.roundTrip(cmdBlockStatus, 0, 0, 4096, nil); res.errno != 5 {
-		t.Errorf("status with a failing backend: errno %d, want EIO", res.errno)
 	}
 	// A bitmap negotiated for another export does not carry over.
 	c3 := s.dial(t)

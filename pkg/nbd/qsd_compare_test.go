@@ -69,6 +69,56 @@ func TestCompareQSD(t *testing.T) {
 	})
 }
 
+// TestCompareQSDBitmaps runs the dirty bitmap cases against
+// qemu-storage-daemon 7.2 (NBD_COMPARE_QSD=1): the exports of
+// bitmapServer, "e" a qcow2 image whose persistent bitmaps qemu-io filled.
+func TestCompareQSDBitmaps(t *testing.T) {
+	if os.Getenv("NBD_COMPARE_QSD") == "" {
+		t.Skip("set NBD_COMPARE_QSD=1 to compare with qemu-storage-daemon")
+	}
+	qsd := tool(t, "qemu-storage-daemon")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "e.qcow2")
+	for _, args := range [][]string{
+		{"qemu-img", "create", "-q", "-f", "qcow2", img, "1M"},
+		{"qemu-img", "bitmap", "--add", "-g", "64k", img, "b0"},
+		{"qemu-io", "-f", "qcow2", "-c", "write 64k 128k", "-c", "write 524289 100", img},
+		{"qemu-img", "bitmap", "--disable", img, "b0"},
+		{"qemu-img", "bitmap", "--add", "-g", "4k", img, "b1"},
+		{"qemu-io", "-f", "qcow2", "-c", "write 4k 4k", img},
+		{"qemu-img", "bitmap", "--disable", img, "b1"},
+	} {
+		run(t, args[0], args[1:]...)
+	}
+	sock := filepath.Join(dir, "s.sock")
+	cmd := exec.Command(qsd,
+		"--blockdev", "driver=qcow2,node-name=e,file.driver=file,file.filename="+img,
+		"--blockdev", "null-co,node-name=plain,size=1048576,read-zeroes=on",
+		"--nbd-server", "addr.type=unix,addr.path="+sock,
+		"--export", "nbd,id=e0,node-name=e,allocation-depth=on,bitmaps.0=b0,bitmaps.1=b1",
+		"--export", "nbd,id=e1,node-name=plain")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	}()
+	for i := 0; ; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if i > 200 {
+			t.Fatal("qsd did not start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	s := &testServer{path: sock}
+	t.Run("contexts", func(t *testing.T) { runBitmapContextCases(t, s.dial) })
+	t.Run("status", func(t *testing.T) { runBitmapStatusCases(t, s) })
+}
+
 type cmdCase struct {
 	name       string
 	export     string
