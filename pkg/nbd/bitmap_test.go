@@ -207,3 +207,30 @@ func TestExportBitmapOptions(t *testing.T) {
 	addExport(t, s, nbdtest.NewMem(MiB, 0), nbd.ExportOptions{Name: "ok",
 		Bitmaps: []nbd.ExportBitmap{{Name: string(make([]byte, 4096-18)), Map: nbdtest.NewBitmap(1, 512)}}})
 }
+
+// TestDirtyBitmapExportReplaced: contexts selected on an export that is
+// then replaced by another of the same name (fewer bitmaps) do not carry
+// over to it, as in QEMU, which compares exports, not names.
+func TestDirtyBitmapExportReplaced(t *testing.T) {
+	s := startServer(t, nbd.ServerOptions{})
+	bm := nbdtest.NewBitmap(MiB, 4096)
+	addExport(t, s, nbdtest.NewMem(MiB, 0), nbd.ExportOptions{Name: "x",
+		Bitmaps: []nbd.ExportBitmap{{Name: "a", Map: bm}, {Name: "b", Map: bm}}})
+	c := s.dial(t)
+	c.greeting(3)
+	c.opt(optStructuredReply, nil)
+	c.structured = true
+	if got := fmt.Sprint(metaReplies(t, c, optSetMetaContext, metaData("x", "qemu:dirty-bitmap:b"))); got != "[3:qemu:dirty-bitmap:b ack]" {
+		t.Fatalf("set: %s", got)
+	}
+	if err := s.RemoveExport("x", true); err != nil {
+		t.Fatal(err)
+	}
+	addExport(t, s, nbdtest.NewMem(MiB, 0), nbd.ExportOptions{Name: "x"})
+	if _, typ := parseInfo(t, c.opt(optGo, infoData("x"))); typ != repAck {
+		t.Fatal(typ)
+	}
+	if res := c.roundTrip(cmdBlockStatus, 0, 0, 4096, nil); res.errno != 22 {
+		t.Errorf("block status: errno %d, want EINVAL", res.errno)
+	}
+}

@@ -29,11 +29,11 @@ func protocolErrorf(format string, args ...any) error {
 // metaState is what NBD_OPT_SET_META_CONTEXT selected (or, while a
 // NBD_OPT_LIST_META_CONTEXT is parsed, what it lists).
 type metaState struct {
-	export  string
-	base    bool   // base:allocation
-	depth   bool   // qemu:allocation-depth
-	bitmaps []bool // qemu:dirty-bitmap:NAME, by index in the export's Bitmaps
-	nbitmap int    // how many of bitmaps are set
+	exp     *Export // the export they were selected on (not its name: it may have been replaced since)
+	base    bool    // base:allocation
+	depth   bool    // qemu:allocation-depth
+	bitmaps []bool  // qemu:dirty-bitmap:NAME, by index in the export's Bitmaps
+	nbitmap int     // how many of bitmaps are set
 }
 
 // any reports whether a context is selected.
@@ -372,14 +372,14 @@ func (c *conn) exportName(length uint32) (bool, error) {
 		e.detach(c)
 		return false, err
 	}
-	c.enter(e, string(name), false)
+	c.enter(e, false)
 	return true, nil
 }
 
-func (c *conn) enter(e *Export, name string, blockSize bool) {
+func (c *conn) enter(e *Export, blockSize bool) {
 	c.exp = e
 	c.blockSizeAgreed = blockSize
-	if c.meta.export != name {
+	if c.meta.exp != e {
 		c.meta = metaState{}
 	}
 }
@@ -464,7 +464,7 @@ func (c *conn) infoGo(opt uint32, data []byte) (bool, error) {
 		e.detach(c)
 		return false, err
 	}
-	c.enter(e, name, wantBlockSize)
+	c.enter(e, wantBlockSize)
 	return true, nil
 }
 
@@ -501,7 +501,7 @@ func (c *conn) metaContext(opt uint32, data []byte) error {
 	}
 	nq := be.Uint32(p)
 	p = p[4:]
-	m := metaState{export: name}
+	m := metaState{exp: e}
 	if n := len(e.opts.Bitmaps); n > 0 {
 		m.bitmaps = make([]bool, n)
 	}
