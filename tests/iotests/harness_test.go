@@ -23,6 +23,7 @@ import (
 var (
 	daemonKind = envOr("IOTESTS_DAEMON", "blockd")
 	blockdBin  string
+	builtDir   string // where blockdBin was built, removed at the end ($BLOCKD is not)
 )
 
 func envOr(k, def string) string {
@@ -48,8 +49,8 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
-	if blockdBin != "" {
-		os.RemoveAll(filepath.Dir(blockdBin))
+	if builtDir != "" {
+		os.RemoveAll(builtDir)
 	}
 	os.Exit(code)
 }
@@ -66,6 +67,12 @@ func setup() error {
 		}
 		return nil
 	}
+	return buildBlockd()
+}
+
+// buildBlockd sets blockdBin: $BLOCKD, or a build of cmd/blockd (with
+// the race detector unless IOTESTS_NORACE is set).
+func buildBlockd() error {
 	if bin := os.Getenv("BLOCKD"); bin != "" {
 		blockdBin = bin
 		return nil
@@ -74,7 +81,7 @@ func setup() error {
 	if err != nil {
 		return err
 	}
-	blockdBin = filepath.Join(dir, "blockd")
+	builtDir, blockdBin = dir, filepath.Join(dir, "blockd")
 	cmd := exec.Command("go", "build", "-race", "-o", blockdBin, "../../cmd/blockd")
 	if os.Getenv("IOTESTS_NORACE") != "" {
 		cmd = exec.Command("go", "build", "-o", blockdBin, "../../cmd/blockd")
@@ -84,6 +91,46 @@ func setup() error {
 		return fmt.Errorf("building blockd: %v", err)
 	}
 	return nil
+}
+
+// The kinds of daemon a test can start beside the one under test.
+const (
+	kindBlockd = "blockd"
+	kindQSD    = "qsd"
+)
+
+// underTest is the kind of daemon this run tests.
+func underTest() string {
+	if isQSD() {
+		return kindQSD
+	}
+	return kindBlockd
+}
+
+var (
+	blockdOnce sync.Once
+	blockdErr  error
+)
+
+// startKind starts a daemon of the given kind whatever the run tests: a
+// test between two daemons (a migration from one to the other) runs
+// with blockd and qsd on either side. In a qsd run blockd is built the
+// first time it is asked for.
+func startKind(t *testing.T, kind string, extra ...string) *Daemon {
+	t.Helper()
+	if kind == kindQSD {
+		if _, err := exec.LookPath("qemu-storage-daemon"); err != nil {
+			t.Skip("qemu-storage-daemon is not installed")
+		}
+		return startBinary(t, "qemu-storage-daemon", extra...)
+	}
+	if isQSD() {
+		blockdOnce.Do(func() { blockdErr = buildBlockd() })
+		if blockdErr != nil {
+			t.Fatal(blockdErr)
+		}
+	}
+	return startBinary(t, blockdBin, extra...)
 }
 
 // Daemon is a blockd or qsd process under test, with two QMP
