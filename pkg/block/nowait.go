@@ -61,6 +61,7 @@ func (r *Root) ReadNoWait(ctx context.Context, p []byte, off int64) error {
 	if !errors.Is(err, ErrWouldBlock) {
 		st := &r.child.Node().Stats
 		timed(&st.RdTimeNs, &st.RdLatency, start)
+		r.Stats.account(acctRead, int64(len(p)), start, err)
 	}
 	return err
 }

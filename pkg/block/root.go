@@ -22,6 +22,65 @@ type Root struct {
 	cond     sync.Cond
 	quiesced int // drain nesting; guarded by mu
 	inflight int // requests inside; guarded by mu
+
+	// Stats count the requests sent through this root only, as QEMU
+	// counts a BlockBackend's (its node's Stats count every user's).
+	Stats RootStats
+}
+
+// RootStats are a root's own request counters.
+type RootStats struct {
+	RdBytes, WrBytes, UnmapBytes                 atomic.Int64
+	RdOps, WrOps, FlushOps, UnmapOps             atomic.Int64
+	FailedRd, FailedWr, FailedFlush, FailedUnmap atomic.Int64
+	InvalidRd, InvalidWr, InvalidUnmap           atomic.Int64
+	RdTimeNs, WrTimeNs, FlushTimeNs, UnmapTimeNs atomic.Int64
+	// LastAccess is when the last request ended (UnixNano), 0 before any.
+	LastAccess atomic.Int64
+}
+
+// The kinds of request RootStats counts.
+const (
+	acctRead = iota
+	acctWrite
+	acctFlush
+	acctUnmap
+)
+
+// account counts one request of kind that moved n bytes and took the
+// time since start, or failed with err.
+func (s *RootStats) account(kind int, n int64, start time.Time, err error) {
+	now := time.Now()
+	s.LastAccess.Store(now.UnixNano())
+	d := int64(now.Sub(start))
+	type ctrs struct{ ops, bytes, failed, ns *atomic.Int64 }
+	c := [...]ctrs{
+		acctRead:  {&s.RdOps, &s.RdBytes, &s.FailedRd, &s.RdTimeNs},
+		acctWrite: {&s.WrOps, &s.WrBytes, &s.FailedWr, &s.WrTimeNs},
+		acctFlush: {&s.FlushOps, nil, &s.FailedFlush, &s.FlushTimeNs},
+		acctUnmap: {&s.UnmapOps, &s.UnmapBytes, &s.FailedUnmap, &s.UnmapTimeNs},
+	}[kind]
+	if err != nil {
+		c.failed.Add(1)
+		return
+	}
+	c.ops.Add(1)
+	if c.bytes != nil {
+		c.bytes.Add(n)
+	}
+	c.ns.Add(d)
+}
+
+// invalid counts a request refused before it was sent.
+func (s *RootStats) invalid(kind int) {
+	switch kind {
+	case acctRead:
+		s.InvalidRd.Add(1)
+	case acctWrite:
+		s.InvalidWr.Add(1)
+	case acctUnmap:
+		s.InvalidUnmap.Add(1)
+	}
 }
 
 // DrainHooks are how a root's owner that issues requests on its own (a
@@ -256,53 +315,72 @@ func timed(c *atomic.Int64, h *Latency, start time.Time) {
 // ReadAt reads through the root.
 func (r *Root) ReadAt(ctx context.Context, p []byte, off int64, f Flags) error {
 	if err := r.check(off, int64(len(p))); err != nil {
+		r.Stats.invalid(acctRead)
 		return err
 	}
 	r.enter()
 	defer r.exit()
-	defer timed(&r.child.Node().Stats.RdTimeNs, &r.child.Node().Stats.RdLatency, time.Now())
-	return r.child.ReadAt(ctx, p, off, f)
+	start := time.Now()
+	defer timed(&r.child.Node().Stats.RdTimeNs, &r.child.Node().Stats.RdLatency, start)
+	err := r.child.ReadAt(ctx, p, off, f)
+	r.Stats.account(acctRead, int64(len(p)), start, err)
+	return err
 }
 
 // WriteAt writes through the root.
 func (r *Root) WriteAt(ctx context.Context, p []byte, off int64, f Flags) error {
 	if err := r.check(off, int64(len(p))); err != nil {
+		r.Stats.invalid(acctWrite)
 		return err
 	}
 	r.enter()
 	defer r.exit()
-	defer timed(&r.child.Node().Stats.WrTimeNs, &r.child.Node().Stats.WrLatency, time.Now())
-	return r.child.WriteAt(ctx, p, off, f)
+	start := time.Now()
+	defer timed(&r.child.Node().Stats.WrTimeNs, &r.child.Node().Stats.WrLatency, start)
+	err := r.child.WriteAt(ctx, p, off, f)
+	r.Stats.account(acctWrite, int64(len(p)), start, err)
+	return err
 }
 
 // Zero writes zeroes through the root.
 func (r *Root) Zero(ctx context.Context, off, n int64, f Flags) error {
 	if err := r.check(off, n); err != nil {
+		r.Stats.invalid(acctWrite)
 		return err
 	}
 	r.enter()
 	defer r.exit()
-	defer timed(&r.child.Node().Stats.WrTimeNs, &r.child.Node().Stats.WrLatency, time.Now())
-	return r.child.Zero(ctx, off, n, f)
+	start := time.Now()
+	defer timed(&r.child.Node().Stats.WrTimeNs, &r.child.Node().Stats.WrLatency, start)
+	err := r.child.Zero(ctx, off, n, f)
+	r.Stats.account(acctWrite, n, start, err)
+	return err
 }
 
 // Discard discards through the root.
 func (r *Root) Discard(ctx context.Context, off, n int64) error {
 	if err := r.check(off, n); err != nil {
+		r.Stats.invalid(acctUnmap)
 		return err
 	}
 	r.enter()
 	defer r.exit()
-	defer timed(&r.child.Node().Stats.UnmapTimeNs, &r.child.Node().Stats.UnmapLatency, time.Now())
-	return r.child.Discard(ctx, off, n)
+	start := time.Now()
+	defer timed(&r.child.Node().Stats.UnmapTimeNs, &r.child.Node().Stats.UnmapLatency, start)
+	err := r.child.Discard(ctx, off, n)
+	r.Stats.account(acctUnmap, n, start, err)
+	return err
 }
 
 // Flush flushes the root's node.
 func (r *Root) Flush(ctx context.Context) error {
 	r.enter()
 	defer r.exit()
-	defer timed(&r.child.Node().Stats.FlushTimeNs, &r.child.Node().Stats.FlushLatency, time.Now())
-	return r.child.Flush(ctx)
+	start := time.Now()
+	defer timed(&r.child.Node().Stats.FlushTimeNs, &r.child.Node().Stats.FlushLatency, start)
+	err := r.child.Flush(ctx)
+	r.Stats.account(acctFlush, 0, start, err)
+	return err
 }
 
 // Truncate resizes the root's node.

@@ -3,6 +3,7 @@ package block
 import (
 	"context"
 	"errors"
+	"io"
 	"time"
 )
 
@@ -80,6 +81,11 @@ func (r *Root) SpliceRead(ctx context.Context, pipe int, off int64, n int) (int,
 	if !errors.Is(err, ErrNoSplice) {
 		st := &r.child.Node().Stats
 		timed(&st.RdTimeNs, &st.RdLatency, start)
+		failed := err
+		if moved != n && failed == nil {
+			failed = io.ErrUnexpectedEOF // counted as a failed read, as the node counts it
+		}
+		r.Stats.account(acctRead, int64(n), start, failed)
 	}
 	return moved, err
 }

@@ -37,6 +37,9 @@ type export struct {
 	// bitmaps are the dirty bitmaps an NBD export serves; busy while it
 	// does.
 	bitmaps []*block.DirtyBitmap
+	// writethrough is the export's writethrough option (query-block's
+	// cache.writeback is its opposite).
+	writethrough bool
 }
 
 // SocketAddressLegacy is nbd-server-start's address: {"type", "data"}.
@@ -334,7 +337,8 @@ func (s *Server) addExport(ctx context.Context, a *ExportArgs, n *NBDExportArgs)
 	for _, b := range bitmaps {
 		b.SetBusy(true)
 	}
-	s.exports.exports = append(s.exports.exports, &export{id: a.ID, typ: a.Type, root: root, nbd: ex, bitmaps: bitmaps})
+	s.exports.exports = append(s.exports.exports, &export{id: a.ID, typ: a.Type, root: root, nbd: ex, bitmaps: bitmaps,
+		writethrough: a.Writethrough != nil && *a.Writethrough})
 	return nil
 }
 
@@ -461,7 +465,8 @@ func (s *Server) addFuseExport(ctx context.Context, a *ExportArgs, f *FuseExport
 		s.detachRoot(root)
 		return err
 	}
-	s.exports.exports = append(s.exports.exports, &export{id: a.ID, typ: a.Type, root: root, fuse: ex, mountpoint: f.Mountpoint})
+	s.exports.exports = append(s.exports.exports, &export{id: a.ID, typ: a.Type, root: root, fuse: ex, mountpoint: f.Mountpoint,
+		writethrough: a.Writethrough != nil && *a.Writethrough})
 	return nil
 }
 

@@ -295,10 +295,43 @@ func mustJSON(v any) []byte {
 	return b
 }
 
-func (s *Server) queryBlock(ctx context.Context, a *struct{}) ([]any, error) {
-	// compat(qsd-7.2): qsd has no named block devices, so query-block is
-	// always empty; exports use anonymous backends.
-	return []any{}, nil
+// BlockInfo is QMP's BlockInfo (query-block).
+type BlockInfo struct {
+	Device    string           `json:"device"`
+	Qdev      *string          `json:"qdev,omitempty"` // a guest device's id: exports have none
+	Type      string           `json:"type"`
+	Removable bool             `json:"removable"`
+	Locked    bool             `json:"locked"`
+	Inserted  *BlockDeviceInfo `json:"inserted,omitempty"`
+	TrayOpen  *bool            `json:"tray_open,omitempty"` // only removable media have a tray
+	IOStatus  *string          `json:"io-status,omitempty"` // only guest devices enable it
+}
+
+// queryBlock lists every export's backend as a device named by the
+// export's id. compat(qsd-7.2): qsd answers [] (an export's backend is
+// anonymous, so a client cannot see what each export serves); blockd
+// fills in what qsd would report for a named backend, in the order the
+// exports were added.
+func (s *Server) queryBlock(ctx context.Context, a *struct{}) ([]BlockInfo, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.G.Lock()
+	defer s.G.Unlock()
+	out := []BlockInfo{}
+	for _, e := range s.exports.exports {
+		// The node the export serves, not a filter a job put above it.
+		n := block.SkipImplicitFilters(e.root.Node())
+		info := deviceInfo(ctx, n, false)
+		info.Cache.Writeback = !e.writethrough
+		// A backend's chain skips implicit filters at every link.
+		info.BackingFileDepth = 0
+		for x := n; block.FilteredOrCOWChild(x) != nil; {
+			info.BackingFileDepth++
+			x = block.SkipImplicitFilters(block.FilteredOrCOWChild(x).Node())
+		}
+		out = append(out, BlockInfo{Device: e.id, Type: "unknown", Inserted: &info})
+	}
+	return out, nil
 }
 
 // graph query
