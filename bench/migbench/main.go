@@ -1,0 +1,326 @@
+// Command migbench measures live storage migration between two daemons
+// of the same kind, blockd → blockd beside qemu-storage-daemon → qsd, in
+// one run, alternating which goes first round by round.
+//
+// The source daemon opens a qcow2 chain (base ◀ mid ◀ top, built once,
+// data over three quarters of the disk) and mirrors it (blockdev-mirror
+// sync=full) into an nbd node that names a writable NBD export, over a
+// UNIX socket, of a fresh qcow2 image in the destination daemon; the
+// migration is timed from blockdev-mirror to BLOCK_JOB_COMPLETED after
+// block-job-complete (pivot). MiB/s are of the data the chain allocates.
+// The aim is the destination export's own sequential write rate: nbdcopy
+// of the same amount of data from a page-cached raw file into the same
+// kind of export, timed the same way, round by round. Every migration is
+// checked once both daemons have exited: the destination passes
+// qemu-img check and qemu-img compare finds it equal to the chain.
+//
+//	go run ./bench/migbench [-size 1G] [-rounds 5] [-blockd bin/blockd] [-dir /dev/shm]
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/blockd/blockd/bench/internal/benchutil"
+)
+
+var (
+	sizeFlag  = flag.String("size", "1G", "virtual size of the chain")
+	rounds    = flag.Int("rounds", 5, "rounds per daemon (median reported)")
+	blockdBin = flag.String("blockd", "bin/blockd", "blockd binary")
+	tmpDir    = flag.String("dir", "", "where the images go (default $TMPDIR; /dev/shm takes the disk out of the figures)")
+	only      = flag.String("only", "", "run one daemon kind only (blockd or qsd), for comparing builds; no ratio then")
+	qsdHeap   = flag.Bool("qsd-heap", true, "run qsd with a fixed glibc mmap threshold, so its bounce buffers stay on the heap (its fast case; see jobbench)")
+)
+
+func main() {
+	flag.Parse()
+	dir, err := os.MkdirTemp(*tmpDir, "migbench")
+	benchutil.Check(err)
+	defer os.RemoveAll(dir)
+	fmt.Printf("preparing a %s qcow2 chain...\n", *sizeFlag)
+	size, data := makeChain(dir)
+	raw := filepath.Join(dir, "data.raw")
+	makeRaw(raw, data)
+	fmt.Printf("chain: %.0f MiB allocated of %.0f MiB\n", mib(data), mib(size))
+
+	mig := map[string][]float64{}
+	aim := map[string][]float64{}
+	cpu := map[string][]float64{}
+	for r := 0; r < *rounds; r++ {
+		order := []string{"blockd", "qsd"}
+		if r%2 == 1 {
+			order[0], order[1] = order[1], order[0]
+		}
+		if *only != "" {
+			order = []string{*only}
+		}
+		for _, kind := range order {
+			secs, cpuSecs := migrate(kind, dir, r == 0)
+			mig[kind] = append(mig[kind], mib(data)/secs)
+			cpu[kind] = append(cpu[kind], cpuSecs)
+			w := writeRate(kind, dir, raw, data)
+			aim[kind] = append(aim[kind], w)
+			fmt.Printf("round %d %-6s migration %.2f s, %.0f MiB/s, CPU (both daemons) %.2f s; export's nbdcopy write %.0f MiB/s\n",
+				r+1, kind, secs, mib(data)/secs, cpuSecs, w)
+		}
+	}
+	if *only != "" {
+		fmt.Printf("\n%s: migration %.2f MiB/s, CPU %.2f s, aim %.2f MiB/s (medians of %d rounds)\n", *only,
+			benchutil.Median(mig[*only]), benchutil.Median(cpu[*only]), benchutil.Median(aim[*only]), *rounds)
+		return
+	}
+	fmt.Printf("\n%.0f MiB chain over a UNIX socket, medians of %d rounds\n", mib(data), *rounds)
+	fmt.Printf("%-46s %10s %10s %8s\n", "measure", "blockd", "qsd", "ratio")
+	row := func(name string, m map[string][]float64) {
+		b, q := benchutil.Median(m["blockd"]), benchutil.Median(m["qsd"])
+		fmt.Printf("%-46s %10.2f %10.2f %8.2f\n", name, b, q, b/q)
+	}
+	row("migration (mirror to COMPLETED), MiB/s", mig)
+	row("  CPU s of both daemons (lower)", cpu)
+	row("aim: nbdcopy into the export, MiB/s", aim)
+	fmt.Printf("%-46s %10.2f %10.2f\n", "migration / aim",
+		benchutil.Median(mig["blockd"])/benchutil.Median(aim["blockd"]),
+		benchutil.Median(mig["qsd"])/benchutil.Median(aim["qsd"]))
+}
+
+// migrate runs one migration between two daemons of kind and returns
+// its seconds and the CPU seconds both daemons spent; verify checks the
+// result with qemu-img.
+func migrate(kind, dir string, verify bool) (secs, cpuSecs float64) {
+	dst := filepath.Join(dir, "dst.qcow2")
+	os.Remove(dst)
+	benchutil.MustRun("qemu-img", "create", "-q", "-f", "qcow2", dst, *sizeFlag)
+	d := startDaemon(kind, dir, "dst")
+	defer d.kill()
+	sock := filepath.Join(dir, "dst-nbd.sock")
+	os.Remove(sock)
+	d.cmd1("blockdev-add", qcow2Node("dst", dst, ""))
+	d.cmd1("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
+	d.cmd1("block-export-add", map[string]any{"type": "nbd", "id": "dst", "node-name": "dst", "writable": true})
+
+	s := startDaemon(kind, dir, "src")
+	defer s.kill()
+	s.cmd1("blockdev-add", qcow2Node("base", filepath.Join(dir, "base.qcow2"), ""))
+	s.cmd1("blockdev-add", qcow2Node("mid", filepath.Join(dir, "mid.qcow2"), "base"))
+	s.cmd1("blockdev-add", qcow2Node("top", filepath.Join(dir, "top.qcow2"), "mid"))
+	s.cmd1("blockdev-add", map[string]any{"driver": "nbd", "node-name": "tgt", "export": "dst",
+		"server": map[string]any{"type": "unix", "path": sock}})
+
+	cpu0 := benchutil.CPUSeconds(s.cmd.Process.Pid) + benchutil.CPUSeconds(d.cmd.Process.Pid)
+	start := time.Now()
+	s.cmd1("blockdev-mirror", map[string]any{"job-id": "mig", "device": "top", "target": "tgt", "sync": "full"})
+	if ev, data := s.waitEvent("BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED"); ev != "BLOCK_JOB_READY" {
+		panic(fmt.Sprintf("%s: the mirror ended before READY: %v", kind, data))
+	}
+	s.cmd1("block-job-complete", map[string]any{"device": "mig"})
+	if _, data := s.waitEvent("BLOCK_JOB_COMPLETED"); data["error"] != nil {
+		panic(fmt.Sprintf("%s: the mirror failed: %v", kind, data["error"]))
+	}
+	secs = time.Since(start).Seconds()
+	cpuSecs = benchutil.CPUSeconds(s.cmd.Process.Pid) + benchutil.CPUSeconds(d.cmd.Process.Pid) - cpu0
+	s.quit()
+	d.quit()
+	if verify {
+		benchutil.MustRun("qemu-img", "check", "-q", dst)
+		benchutil.MustRun("qemu-img", "compare", "-q", filepath.Join(dir, "top.qcow2"), dst)
+	}
+	return secs, cpuSecs
+}
+
+// writeRate is nbdcopy's rate from raw (data bytes, in the page cache)
+// into a writable export of a fresh qcow2 image in a daemon of kind,
+// with a flush at the end as the migration's pivot has.
+func writeRate(kind, dir, raw string, data int64) float64 {
+	dst := filepath.Join(dir, "aim.qcow2")
+	os.Remove(dst)
+	benchutil.MustRun("qemu-img", "create", "-q", "-f", "qcow2", dst, *sizeFlag)
+	d := startDaemon(kind, dir, "aim")
+	defer d.kill()
+	sock := filepath.Join(dir, "aim-nbd.sock")
+	os.Remove(sock)
+	d.cmd1("blockdev-add", qcow2Node("dst", dst, ""))
+	d.cmd1("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
+	d.cmd1("block-export-add", map[string]any{"type": "nbd", "id": "dst", "node-name": "dst", "writable": true})
+	benchutil.MustRun("cat", raw) // into the page cache, as the chain is
+	start := time.Now()
+	// --target-is-zero: the image is new, as the migration's target is
+	// (whose mirror skips what the chain leaves unallocated).
+	benchutil.MustRun("nbdcopy", "--target-is-zero", raw, "nbd+unix:///dst?socket="+sock)
+	secs := time.Since(start).Seconds()
+	d.quit()
+	return mib(data) / secs
+}
+
+func qcow2Node(name, path, backing string) map[string]any {
+	o := map[string]any{"driver": "qcow2", "node-name": name,
+		"file": map[string]any{"driver": "file", "filename": path}}
+	if backing != "" {
+		o["backing"] = backing
+	}
+	return o
+}
+
+// makeChain builds base.qcow2 ◀ mid.qcow2 ◀ top.qcow2 in dir: base has
+// data over its first three quarters, mid over every other sixteenth of
+// the first half, top a sixteenth at 1/32 and a thirty-second at 19/32.
+// It returns the virtual size and the bytes the chain allocates.
+func makeChain(dir string) (size, data int64) {
+	img := func(n string) string { return filepath.Join(dir, n) }
+	benchutil.MustRun("qemu-img", "create", "-q", "-f", "qcow2", img("base.qcow2"), *sizeFlag)
+	var info struct {
+		VirtualSize int64 `json:"virtual-size"`
+	}
+	out, err := exec.Command("qemu-img", "info", "--output=json", img("base.qcow2")).Output()
+	benchutil.Check(err)
+	benchutil.Check(json.Unmarshal(out, &info))
+	size = info.VirtualSize
+	u := size / 32
+	benchutil.MustRun("qemu-io", "-f", "qcow2", "-c", fmt.Sprintf("write -P 0x11 0 %d", 24*u), img("base.qcow2"))
+	benchutil.MustRun("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", img("mid.qcow2"))
+	var mid []string
+	for off := int64(0); off < size/2; off += 4 * u {
+		mid = append(mid, "-c", fmt.Sprintf("write -P 0x22 %d %d", off, 2*u))
+	}
+	benchutil.MustRun("qemu-io", append([]string{"-f", "qcow2"}, append(mid, img("mid.qcow2"))...)...)
+	benchutil.MustRun("qemu-img", "create", "-q", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", img("top.qcow2"))
+	benchutil.MustRun("qemu-io", "-f", "qcow2", "-c", fmt.Sprintf("write -P 0x33 %d %d", u, 2*u),
+		"-c", fmt.Sprintf("write -P 0x44 %d %d", 19*u, u), img("top.qcow2"))
+	out, err = exec.Command("qemu-img", "map", "--output=json", img("top.qcow2")).Output()
+	benchutil.Check(err)
+	var m []struct {
+		Length int64 `json:"length"`
+		Data   bool  `json:"data"`
+	}
+	benchutil.Check(json.Unmarshal(out, &m))
+	for _, e := range m {
+		if e.Data {
+			data += e.Length
+		}
+	}
+	return size, data
+}
+
+// makeRaw writes a raw file of n bytes of non-zero data.
+func makeRaw(path string, n int64) {
+	benchutil.MustRun("qemu-img", "create", "-q", "-f", "raw", path, fmt.Sprint(n))
+	benchutil.MustRun("qemu-io", "-f", "raw", "-c", fmt.Sprintf("write -P 0x55 0 %d", n), path)
+}
+
+func mib(n int64) float64 { return float64(n) / (1 << 20) }
+
+type daemon struct {
+	name string
+	cmd  *exec.Cmd
+	conn net.Conn
+	dec  *json.Decoder
+	ev   []map[string]any // events not yet waited for
+}
+
+// startDaemon starts a daemon of kind whose QMP socket is named by role.
+func startDaemon(kind, dir, role string) *daemon {
+	sock := filepath.Join(dir, role+"-qmp.sock")
+	os.Remove(sock)
+	bin := *blockdBin
+	var args []string
+	if kind == "qsd" {
+		bin = "qemu-storage-daemon"
+	} else {
+		args = append(args, "--log-level", "warn")
+	}
+	args = append(args, "--chardev", "socket,id=m0,path="+sock+",server=on,wait=off", "--monitor", "chardev=m0")
+	cmd := exec.Command(bin, args...)
+	cmd.Stderr = os.Stderr
+	if kind == "qsd" && *qsdHeap {
+		cmd.Env = append(os.Environ(), "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=1073741824")
+	}
+	benchutil.Check(cmd.Start())
+	var conn net.Conn
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var err error
+		if conn, err = net.Dial("unix", sock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			panic(kind + " did not start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	d := &daemon{name: kind + " " + role, cmd: cmd, conn: conn, dec: json.NewDecoder(bufio.NewReader(conn))}
+	var greeting map[string]any
+	benchutil.Check(d.dec.Decode(&greeting))
+	d.cmd1("qmp_capabilities", nil)
+	return d
+}
+
+// cmd1 runs one QMP command and panics if it fails; events that arrive
+// meanwhile are kept for waitEvent.
+func (d *daemon) cmd1(name string, args any) {
+	req := map[string]any{"execute": name}
+	if args != nil {
+		req["arguments"] = args
+	}
+	b, err := json.Marshal(req)
+	benchutil.Check(err)
+	_, err = d.conn.Write(append(b, '\n'))
+	benchutil.Check(err)
+	for {
+		var m map[string]any
+		benchutil.Check(d.dec.Decode(&m))
+		switch {
+		case m["event"] != nil:
+			d.ev = append(d.ev, m)
+		case m["error"] != nil:
+			panic(fmt.Sprintf("%s: %s %s: %v", d.name, name, b, m["error"]))
+		default:
+			return
+		}
+	}
+}
+
+// waitEvent returns the name and data of the next event called one of
+// names.
+func (d *daemon) waitEvent(names ...string) (string, map[string]any) {
+	for {
+		var m map[string]any
+		if len(d.ev) > 0 {
+			m, d.ev = d.ev[0], d.ev[1:]
+		} else {
+			benchutil.Check(d.dec.Decode(&m))
+		}
+		name, _ := m["event"].(string)
+		if slices.Contains(names, name) {
+			data, _ := m["data"].(map[string]any)
+			return name, data
+		}
+	}
+}
+
+// quit asks the daemon to exit and waits until it has.
+func (d *daemon) quit() {
+	_, err := d.conn.Write([]byte(`{"execute": "quit"}` + "\n"))
+	benchutil.Check(err)
+	io.Copy(io.Discard, d.conn)
+	d.conn.Close()
+	if err := d.cmd.Wait(); err != nil {
+		panic(fmt.Sprintf("%s: %v", d.name, err))
+	}
+}
+
+// kill stops a daemon that has not exited yet.
+func (d *daemon) kill() {
+	if d.cmd.ProcessState == nil {
+		d.cmd.Process.Kill()
+		d.cmd.Wait()
+	}
+}
