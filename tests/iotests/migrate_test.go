@@ -2,8 +2,12 @@ package iotests
 
 import (
 	"fmt"
+	"os"
+	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // Live storage migration between two daemons (issue 11): the source
@@ -39,12 +43,40 @@ type migDest struct {
 func startMigDest(t *testing.T, kind, size string) *migDest {
 	t.Helper()
 	d := startKind(t, kind)
-	m := &migDest{d: d, img: d.Path("dst.qcow2")}
-	run(t, "qemu-img", "create", "-q", "-f", "qcow2", m.img, size)
-	addQcow2(d, "dst", "dst.qcow2", nil)
-	m.sock = startNBD(d)
+	img := d.Path("dst.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", img, size)
+	return serveMigDest(t, d, img, d.Path("nbd.sock"))
+}
+
+// serveMigDest opens img in d and exports it writable as "dst" on a new
+// NBD server at sock.
+func serveMigDest(t *testing.T, d *Daemon, img, sock string) *migDest {
+	t.Helper()
+	d.Cmd("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "dst",
+		"file": map[string]any{"driver": "file", "node-name": "dst-file", "filename": img}})
+	d.Cmd("nbd-server-start", map[string]any{"addr": unixAddr(sock)})
 	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "dst", "node-name": "dst", "writable": true})
-	return m
+	return &migDest{d: d, img: img, sock: sock}
+}
+
+// Kill ends the daemon with SIGKILL, as a crash or a lost host would.
+func (d *Daemon) Kill() {
+	d.t.Helper()
+	if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		d.t.Fatal(err)
+	}
+	<-d.done
+}
+
+// checkAfterKill runs qemu-img check on an image a daemon had open when
+// it was killed: leaked clusters (exit status 3) are allowed, corruption
+// is not.
+func checkAfterKill(t *testing.T, img string) {
+	t.Helper()
+	out, err := runErr("qemu-img", "check", img)
+	if ex, ok := err.(*exec.ExitError); err != nil && !(ok && ex.ExitCode() == 3) {
+		t.Fatalf("qemu-img check %s: %v\n%s", img, err, out)
+	}
 }
 
 // startMigSource starts a source of kind with the reference chain
@@ -116,4 +148,97 @@ func TestMigrateAcrossDaemons(t *testing.T) {
 			run(t, "qemu-io", "-r", "-f", "qcow2", "-c", loadMarker(1), dst.img)
 		})
 	}
+}
+
+// TestMigrateTargetLost: the destination goes away mid-copy. Killed,
+// with the default on-target-error (report): the job fails with EIO at
+// once, nothing hangs, and the source chain is unchanged. With
+// reconnect-delay, when the destination's NBD server stops (its
+// connections drop) and starts again on the same socket within the
+// delay, the requests are sent again and the migration completes. (A
+// killed destination cannot be reconnected to safely: writes it had
+// acknowledged but not flushed, qcow2 metadata among them, die with it,
+// and the mirror has already counted them as copied.)
+func TestMigrateTargetLost(t *testing.T) {
+	u := underTest()
+	for _, mode := range []string{"killed", "reconnect"} {
+		t.Run(mode, func(t *testing.T) {
+			dst := startMigDest(t, u, "64M")
+			src, _ := startMigSource(t, u)
+			var extra map[string]any
+			if mode == "reconnect" {
+				extra = map[string]any{"reconnect-delay": 20}
+			}
+			src.Cmd("blockdev-add", nbdNode("tgt", dst.sock, "dst", extra))
+			src.ClearHistory()
+			mustCall(t, src, "blockdev-mirror", map[string]any{"job-id": "mig", "device": "top", "target": "tgt",
+				"sync": "full", "copy-mode": "write-blocking", "speed": 8 << 20})
+			waitProgress(t, src, "mig", 4<<20)
+
+			if mode == "killed" {
+				dst.d.Kill()
+				waitStatus(t, src, "mig", "null")
+				ev := eventsOf(src.History(), "BLOCK_JOB_COMPLETED", "mig")
+				if len(ev) != 1 || ev[0].Data["error"] != "Input/output error" {
+					t.Fatalf("BLOCK_JOB_COMPLETED: %v", ev)
+				}
+				// The daemon still answers, and the target goes.
+				src.Cmd("blockdev-del", map[string]any{"node-name": "tgt"})
+				src.DelExport("e0")
+				src.Quit()
+				run(t, "qemu-img", "check", src.Path("top.qcow2"))
+				run(t, "qemu-img", "compare", src.Path("top.qcow2"), refImage(t, src))
+				checkAfterKill(t, dst.img)
+				return
+			}
+
+			// The server stops (the export goes with it) and comes back.
+			dst.d.Cmd("nbd-server-stop", nil)
+			dst.d.WaitEvent("BLOCK_EXPORT_DELETED", 10*time.Second)
+			os.Remove(dst.sock)
+			dst.d.Cmd("nbd-server-start", map[string]any{"addr": unixAddr(dst.sock)})
+			dst.d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "dst", "node-name": "dst", "writable": true})
+			src.Cmd("block-job-set-speed", map[string]any{"device": "mig", "speed": 0})
+			waitJobEvent(t, src, "BLOCK_JOB_READY", "mig")
+			mustCall(t, src, "block-job-complete", map[string]any{"device": "mig"})
+			waitStatus(t, src, "mig", "null")
+			if ev := eventsOf(src.History(), "BLOCK_JOB_COMPLETED", "mig"); len(ev) != 1 || ev[0].Data["error"] != nil {
+				t.Fatalf("BLOCK_JOB_COMPLETED: %v", ev)
+			}
+			src.Quit()
+			dst.d.Quit()
+			run(t, "qemu-img", "check", dst.img)
+			if out := run(t, "qemu-img", "compare", src.Path("top.qcow2"), dst.img); !strings.Contains(out, "Images are identical") {
+				t.Errorf("qemu-img compare: %s", out)
+			}
+		})
+	}
+}
+
+// TestMigrateBadTarget: an export smaller than the source fails the
+// migration with a clear error (the destination cannot grow); a wrong
+// export name fails the nbd node's blockdev-add; in both the source
+// chain is unchanged.
+func TestMigrateBadTarget(t *testing.T) {
+	u := underTest()
+	dst := startMigDest(t, u, "32M")
+	src, _ := startMigSource(t, u)
+	src.MustFail("blockdev-add", nbdNode("tgt", dst.sock, "nope", nil), "GenericError", "Requested export not available")
+	src.Cmd("blockdev-add", nbdNode("tgt", dst.sock, "dst", nil))
+	src.ClearHistory()
+	// compat(qsd-7.2): the job starts, then fails on the sizes.
+	mustCall(t, src, "blockdev-mirror", map[string]any{"job-id": "mig", "device": "top", "target": "tgt", "sync": "full"})
+	waitStatus(t, src, "mig", "null")
+	if ev := eventsOf(src.History(), "BLOCK_JOB_COMPLETED", "mig"); len(ev) != 1 || ev[0].Data["error"] != "Source and target image have different sizes" {
+		t.Errorf("BLOCK_JOB_COMPLETED: %v", ev)
+	}
+	var nodes []map[string]any
+	src.CmdInto("query-named-block-nodes", nil, &nodes)
+	if len(nodes) != 7 {
+		t.Errorf("%d nodes after the failures, want the chain's six and tgt", len(nodes))
+	}
+	src.Quit()
+	dst.d.Quit()
+	run(t, "qemu-img", "compare", src.Path("top.qcow2"), refImage(t, src))
+	run(t, "qemu-img", "check", dst.img)
 }
