@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"math/bits"
+	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -591,6 +592,30 @@ func (n *Node) RemoveDirtyBitmap(b *DirtyBitmap) {
 	if len(list) == 0 {
 		n.bitmaps.list.Store(nil)
 		return
+	}
+	n.bitmaps.list.Store(&list)
+}
+
+// ReplaceDirtyBitmap puts b where old is in n's list and detaches old:
+// a job's anonymous successor handing its place back to the bitmap it
+// stood for (QEMU's abdicate: the bitmap then lists as the newer one).
+// It does nothing unless both are n's.
+func (n *Node) ReplaceDirtyBitmap(old, b *DirtyBitmap) {
+	n.bitmaps.mu.Lock()
+	defer n.bitmaps.mu.Unlock()
+	cur := n.DirtyBitmaps()
+	if !slices.Contains(cur, old) || !slices.Contains(cur, b) {
+		return
+	}
+	list := make([]*DirtyBitmap, 0, len(cur)-1)
+	for _, x := range cur {
+		switch x {
+		case b:
+		case old:
+			list = append(list, b)
+		default:
+			list = append(list, x)
+		}
 	}
 	n.bitmaps.list.Store(&list)
 }

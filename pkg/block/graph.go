@@ -105,6 +105,7 @@ type Txn struct {
 	g       *Graph
 	undo    []func()
 	after   []func() // run once committed
+	started []func() // run after the commit, the graph unlocked and undrained
 	sources []drainSource
 	nodes   []*Node // drained nodes, to undrain
 	done    bool
@@ -126,6 +127,11 @@ func (t *Txn) OnUndo(f func()) { t.undo = append(t.undo, f) }
 // graph lock.
 func (t *Txn) OnCommit(f func()) { t.after = append(t.after, f) }
 
+// OnStarted records f to run after a successful commit, once the graph
+// lock is released and the change's drains have ended: what may use the
+// graph or its I/O itself (a job's first steps).
+func (t *Txn) OnStarted(f func()) { t.started = append(t.started, f) }
+
 // Commit checks and applies permissions for the new graph. If they do not
 // hold, the change is undone and the error returned.
 func (t *Txn) Commit() error {
@@ -146,6 +152,9 @@ func (t *Txn) Commit() error {
 		}
 	}
 	t.finish()
+	for _, f := range t.started {
+		f()
+	}
 	return nil
 }
 
@@ -167,9 +176,10 @@ func (t *Txn) Abort() {
 // caller may go on with the change as well as abort it. Drains that the
 // step began still last until the change ends. Steps nest.
 func (t *Txn) atomic(step func() error) error {
-	undo, after := len(t.undo), len(t.after)
+	undo, after, started := len(t.undo), len(t.after), len(t.started)
 	err := step()
 	if err != nil {
+		t.started = t.started[:started]
 		// Permissions may not hold before the step either (steps such
 		// as Replace leave them to Commit), so their error is not the
 		// step's: Commit or Abort will tell.
@@ -186,6 +196,9 @@ func (t *Txn) rollback(undo, after int) error {
 		t.undo[i]()
 	}
 	t.undo, t.after = t.undo[:undo], t.after[:after]
+	if undo == 0 && after == 0 {
+		t.started = nil
+	}
 	return t.g.refreshPerms()
 }
 

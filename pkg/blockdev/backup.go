@@ -36,6 +36,13 @@ func (s *Server) blockdevBackup(ctx context.Context, a *backupArgs) (empty, erro
 // startBackup starts a backup job into the node a names or, with
 // targetOptions, into a node the job opens (drive-backup).
 func (s *Server) startBackup(ctx context.Context, a *backupArgs, targetOptions json.RawMessage) (empty, error) {
+	id, body, opts := backupJob(a, targetOptions)
+	_, err := s.Jobs.Start(ctx, id, "backup", body, opts)
+	return empty{}, err
+}
+
+// backupJob is the job a backup's arguments describe.
+func backupJob(a *backupArgs, targetOptions json.RawMessage) (string, *backup.Backup, jobs.Options) {
 	args := backup.Args{Device: a.Device, Target: a.Target, Sync: a.Sync, Bitmap: a.Bitmap,
 		BitmapMode: a.BitmapMode, Compress: a.Compress != nil && *a.Compress, FilterNodeName: a.FilterNodeName,
 		TargetOptions: targetOptions}
@@ -50,8 +57,37 @@ func (s *Server) startBackup(ctx context.Context, a *backupArgs, targetOptions j
 	// compat(qsd-7.2): blockdev-backup runs as a transaction, which
 	// drains the source around the job's start.
 	opts.StartDrained = true
-	_, err := s.Jobs.Start(ctx, jobID(a.JobID), "backup", backup.New(args), opts)
-	return empty{}, err
+	return jobID(a.JobID), backup.New(args), opts
+}
+
+// backupAction is a blockdev-backup or drive-backup in a transaction:
+// the job is created with the other actions and starts when they all
+// took effect (a failed action takes it back before it ran).
+type backupAction struct {
+	a      backupArgs
+	drive  *driveBackupArgs
+	target json.RawMessage
+}
+
+func (x *backupAction) prepare(ctx context.Context, s *Server, tx *block.Txn) error {
+	if x.drive == nil {
+		return nil
+	}
+	t, err := s.driveBackupTarget(ctx, x.drive, func() (driveBackupPlan, error) {
+		return planDriveBackup(tx.Graph(), x.drive, driveBackupMode(x.drive))
+	})
+	if err != nil {
+		return err
+	}
+	x.a, x.target = x.drive.backupArgs, t
+	x.a.Target = ""
+	return nil
+}
+
+func (x *backupAction) apply(ctx context.Context, s *Server, tx *block.Txn) error {
+	id, body, opts := backupJob(&x.a, x.target)
+	_, err := s.Jobs.Prepare(ctx, tx, id, "backup", body, opts)
+	return err
 }
 
 // driveBackupArgs are drive-backup's arguments (qsd 7.2's DriveBackup,
@@ -68,28 +104,45 @@ type driveBackupArgs struct {
 // the source's backing node; every other sync an image of its own. The
 // target node belongs to the job and goes with it.
 func (s *Server) driveBackup(ctx context.Context, a *driveBackupArgs) (empty, error) {
-	mode := newImageMode("absolute-paths")
+	target, err := s.driveBackupTarget(ctx, a, func() (driveBackupPlan, error) {
+		s.G.Lock()
+		defer s.G.Unlock()
+		return planDriveBackup(s.G, a, driveBackupMode(a))
+	})
+	if err != nil {
+		return empty{}, err
+	}
+	args := a.backupArgs
+	args.Target = "" // a file name here, not a node
+	return s.startBackup(ctx, &args, target)
+}
+
+func driveBackupMode(a *driveBackupArgs) newImageMode {
 	if a.Mode != nil {
-		mode = *a.Mode
+		return *a.Mode
 	}
-	plan, err := s.planDriveBackup(a, mode)
+	return "absolute-paths"
+}
+
+// driveBackupTarget makes drive-backup's image as plan says and returns
+// the options that open it.
+func (s *Server) driveBackupTarget(ctx context.Context, a *driveBackupArgs, plan func() (driveBackupPlan, error)) (json.RawMessage, error) {
+	p, err := plan()
 	if err != nil {
-		return empty{}, err
+		return nil, err
 	}
-	target, err := s.imageTarget(ctx, a.Target, mode, plan.format, plan.size, plan.backing, plan.backingFormat)
+	target, err := s.imageTarget(ctx, a.Target, driveBackupMode(a), p.format, p.size, p.backing, p.backingFormat)
 	if err != nil {
-		return empty{}, err
+		return nil, err
 	}
 	if d := block.LookupDriver(target["driver"].(string)); d != nil && d.SupportsBacking {
 		// The source's backing node, not a second copy of its chain.
 		target["backing"] = nil
-		if plan.backingNode != "" {
-			target["backing"] = plan.backingNode
+		if p.backingNode != "" {
+			target["backing"] = p.backingNode
 		}
 	}
-	args := a.backupArgs
-	args.Target = "" // a file name here, not a node
-	return s.startBackup(ctx, &args, mustJSON(target))
+	return mustJSON(target), nil
 }
 
 // driveBackupPlan is what drive-backup decides from the graph before it
@@ -100,13 +153,11 @@ type driveBackupPlan struct {
 	size                           int64
 }
 
-// planDriveBackup finds the device and works out the image to make,
-// under the graph lock.
-func (s *Server) planDriveBackup(a *driveBackupArgs, mode newImageMode) (driveBackupPlan, error) {
-	s.G.Lock()
-	defer s.G.Unlock()
+// planDriveBackup finds the device and works out the image to make; the
+// caller holds the graph lock.
+func planDriveBackup(g *block.Graph, a *driveBackupArgs, mode newImageMode) (driveBackupPlan, error) {
 	var p driveBackupPlan
-	dev, err := s.G.FindNode(a.Device)
+	dev, err := g.FindNode(a.Device)
 	if err != nil {
 		return p, err
 	}

@@ -283,6 +283,20 @@ func (s *Server) transaction(ctx context.Context, a *transactionArgs) (empty, er
 				return empty{}, err
 			}
 			acts = append(acts, x)
+		case "blockdev-backup", "drive-backup":
+			if grouped {
+				return empty{}, fmt.Errorf("blockd does not support completion-mode 'grouped' for '%s' yet", ta.Type)
+			}
+			x := &backupAction{}
+			dst := any(&x.a)
+			if ta.Type == "drive-backup" {
+				x.drive = &driveBackupArgs{}
+				dst = x.drive
+			}
+			if err := qmp.Decode(args(ta.Data), path, dst); err != nil {
+				return empty{}, err
+			}
+			acts = append(acts, x)
 		case "blockdev-snapshot-sync":
 			x := &snapshotSyncAction{}
 			if err := qmp.Decode(args(ta.Data), path, &x.a); err != nil {

@@ -67,9 +67,25 @@ func (r *Runner) remove(j *Job) {
 // committed, "running", and the body's goroutine, whose first Yield (or
 // end) Start waits for.
 func (r *Runner) Start(ctx context.Context, id, typ string, body Body, opts Options) (*Job, error) {
-	j := newJob(r, id, typ, body, opts)
 	tx := r.g.Begin()
 	defer tx.Abort()
+	j, err := r.Prepare(ctx, tx, id, typ, body, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, err
+	}
+	return j, nil
+}
+
+// Prepare creates a job inside the caller's graph change tx, as a
+// transaction action does: Check, "created", the speed check and Setup
+// run now; the job starts ("running", the body's goroutine) when tx
+// commits, and goes (to "null") when tx is aborted. On error the job is
+// gone already.
+func (r *Runner) Prepare(ctx context.Context, tx *block.Txn, id, typ string, body Body, opts Options) (*Job, error) {
+	j := newJob(r, id, typ, body, opts)
 	if c, ok := body.(Checker); ok {
 		if err := c.Check(ctx, tx, j); err != nil {
 			return nil, err
@@ -100,17 +116,43 @@ func (r *Runner) Start(ctx context.Context, id, typ string, body Body, opts Opti
 	if s, ok := body.(Setupper); ok && err == nil {
 		err = s.Setup(ctx, tx, j)
 	}
-	if err == nil {
-		err = tx.Commit()
-	}
-	j.mu.Lock()
 	if err != nil {
-		j.roots = nil
-		j.moveLocked(Null)
-		j.mu.Unlock()
-		r.remove(j)
+		r.abandon(j)
 		return nil, err
 	}
+	tx.OnUndo(func() { r.takeBack(j) })
+	tx.OnStarted(func() { r.launch(j) })
+	return j, nil
+}
+
+// abandon ends a job that was created but never started.
+func (r *Runner) abandon(j *Job) {
+	j.mu.Lock()
+	if j.status == Null {
+		j.mu.Unlock()
+		return
+	}
+	j.roots = nil
+	j.moveLocked(Null)
+	j.mu.Unlock()
+	r.remove(j)
+}
+
+// takeBack ends a created job whose transaction failed after it was
+// made: qsd cancels it, so it passes through aborting and concluded.
+func (r *Runner) takeBack(j *Job) {
+	j.mu.Lock()
+	j.roots = nil
+	j.moveLocked(Aborting)
+	j.moveLocked(Concluded)
+	j.moveLocked(Null)
+	j.mu.Unlock()
+	r.remove(j)
+}
+
+// launch starts a created job's body once its graph change committed.
+func (r *Runner) launch(j *Job) {
+	j.mu.Lock()
 	j.moveLocked(Running)
 	j.running = true
 	j.beginStartDrainLocked()
@@ -119,7 +161,6 @@ func (r *Runner) Start(ctx context.Context, id, typ string, body Body, opts Opti
 	go j.run()
 	<-j.started
 	j.endStartDrain()
-	return j, nil
 }
 
 // Close cancels every job that has not ended (pending ones included:

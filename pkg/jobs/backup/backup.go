@@ -371,8 +371,12 @@ func (b *Backup) Clean(ctx context.Context, tx *block.Txn) {
 	switch {
 	case b.succeeded && b.mode != BitmapNever:
 		b.bitmap.Restore(b.successor)
+		// compat(qsd-7.2): the successor takes the bitmap's name, so the
+		// bitmap now lists where the successor did.
+		b.source.ReplaceDirtyBitmap(b.successor, b.bitmap)
 	case b.mode == BitmapAlways:
 		b.bitmap.Restore(b.successor)
+		b.source.ReplaceDirtyBitmap(b.successor, b.bitmap)
 		if err := b.bitmap.Merge(b.bc.bitmap); err != nil {
 			tx.Graph().Logger().WithError(err).Error("backup: keeping what was not copied in the bitmap")
 		}
