@@ -64,6 +64,8 @@ var transactionActions = []qmp.Variant{
 	wrapped[snapshotArgs]("blockdev-snapshot"),
 	wrapped[snapshotSyncArgs]("blockdev-snapshot-sync"),
 	wrapped[snapshotInternalArgs]("blockdev-snapshot-internal-sync"),
+	wrapped[backupArgs]("blockdev-backup"),
+	wrapped[driveBackupArgs]("drive-backup"),
 }
 
 type unionTag[T any] struct {
