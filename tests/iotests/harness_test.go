@@ -82,10 +82,15 @@ func buildBlockd() error {
 		return err
 	}
 	builtDir, blockdBin = dir, filepath.Join(dir, "blockd")
-	cmd := exec.Command("go", "build", "-race", "-o", blockdBin, "../../cmd/blockd")
-	if os.Getenv("IOTESTS_NORACE") != "" {
-		cmd = exec.Command("go", "build", "-o", blockdBin, "../../cmd/blockd")
+	build := []string{"build"}
+	if os.Getenv("IOTESTS_NORACE") == "" {
+		build = append(build, "-race")
 	}
+	// The rbd driver where librbd is installed, as make build does.
+	if tags, err := exec.Command("../../scripts/buildtags.sh").Output(); err == nil {
+		build = append(build, strings.Fields(string(tags))...)
+	}
+	cmd := exec.Command("go", append(build, "-o", blockdBin, "../../cmd/blockd")...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("building blockd: %v", err)
