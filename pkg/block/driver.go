@@ -227,6 +227,7 @@ type Driver struct {
 
 	open    func(ctx context.Context, o *Opener, raw json.RawMessage, dec Decoder) (Impl, error)
 	newOpts func() any
+	prepare PrepareFunc // see prepare.go; nil for most drivers
 }
 
 var registry = struct {

@@ -10,6 +10,10 @@ import (
 )
 
 func (s *Server) blockdevAdd(ctx context.Context, raw json.RawMessage) (any, error) {
+	// Drivers that wait on the network (rbd) do it here, before the graph
+	// lock, so that other clients are served meanwhile.
+	ctx, release := block.Prepare(ctx, args(raw))
+	defer release()
 	tx := s.G.Begin()
 	defer tx.Abort()
 	if _, err := tx.Open(ctx, args(raw), true); err != nil {
