@@ -3,6 +3,7 @@ module github.com/blockd/blockd
 go 1.26.8
 
 require (
+	github.com/ceph/go-ceph v0.30.0
 	github.com/creack/pty v1.1.24
 	github.com/digitalocean/go-qemu v0.0.0-20230711162256-2e3d0186973e
 	github.com/hanwen/go-fuse/v2 v2.12.1

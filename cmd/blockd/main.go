@@ -28,6 +28,7 @@ import (
 	_ "github.com/blockd/blockd/pkg/formats/nullco"
 	_ "github.com/blockd/blockd/pkg/formats/qcow2"
 	_ "github.com/blockd/blockd/pkg/formats/raw"
+	_ "github.com/blockd/blockd/pkg/formats/rbd"
 	_ "github.com/blockd/blockd/pkg/formats/snapshotaccess"
 )
 

@@ -54,6 +54,7 @@ func TestDependencies(t *testing.T) {
 		{"pkg/formats/raw", []string{"pkg/block"}},
 		{"pkg/formats/snapshotaccess", []string{"pkg/block"}},
 		{"pkg/formats/qcow2", []string{"pkg/block"}},
+		{"pkg/formats/rbd", []string{"pkg/block"}}, // with or without the ceph tag
 		// The nbd driver decodes its SocketAddress union itself, with QMP's
 		// strict decoder for qsd's wording (qmp knows nothing of blocks,
 		// so the direction holds).

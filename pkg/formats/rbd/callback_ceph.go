@@ -1,0 +1,33 @@
+//go:build ceph
+
+package rbd
+
+/*
+#include <stdint.h>
+#include <sys/types.h>
+*/
+import "C"
+
+import (
+	"runtime/cgo"
+	"unsafe"
+)
+
+// blockdRBDDone is librbd's completion callback (through aioDone): it
+// runs on a librbd thread and only passes the result on.
+//
+//export blockdRBDDone
+func blockdRBDDone(h C.uintptr_t, ret C.ssize_t) {
+	cgo.Handle(h).Value().(*aioReq).done <- int64(ret)
+}
+
+// blockdRBDDiff is rbd_diff_iterate2's callback.
+//
+//export blockdRBDDiff
+func blockdRBDDiff(off C.uint64_t, n C.size_t, exists C.int, arg unsafe.Pointer) C.int {
+	f := cgo.Handle(uintptr(arg)).Value().(diffFunc)
+	if !f(int64(off), int64(n), exists != 0) {
+		return errStop
+	}
+	return 0
+}
