@@ -39,14 +39,32 @@ type preparedSet struct {
 type preparedKey struct{}
 
 // Prepare runs the PrepareFuncs of the nodes that raw (blockdev-add's
-// options) describes, nested ones included, one at a time, without any
-// lock. It returns the context to open them with and a function that
-// releases what no open claimed; call it once the open is over.
-func Prepare(ctx context.Context, raw json.RawMessage) (context.Context, func()) {
-	set := &preparedSet{m: map[string]*prepared{}}
-	walkPrepare(ctx, raw, set)
-	if len(set.m) == 0 {
+// options) describes, nested ones included, without any lock of ours,
+// inside unblocked (the QMP server's qmp.Unblocked, so that other
+// commands run meanwhile; nil: directly). It returns the context to open
+// them with and a function that releases what no open claimed; call it
+// once the open is over.
+func Prepare(ctx context.Context, raw json.RawMessage, unblocked func(context.Context, func())) (context.Context, func()) {
+	var todo []toPrepare
+	walkPrepare(raw, &todo)
+	if len(todo) == 0 {
 		return ctx, func() {}
+	}
+	set := &preparedSet{m: map[string]*prepared{}}
+	run := func() {
+		for _, p := range todo {
+			if key, v, release, err, ok := p.f(ctx, p.raw); ok {
+				if old := set.m[key]; old != nil && old.release != nil {
+					old.release()
+				}
+				set.m[key] = &prepared{v: v, err: err, release: release}
+			}
+		}
+	}
+	if unblocked != nil {
+		unblocked(ctx, run)
+	} else {
+		run()
 	}
 	return context.WithValue(ctx, preparedKey{}, set), func() {
 		set.mu.Lock()
@@ -60,33 +78,33 @@ func Prepare(ctx context.Context, raw json.RawMessage) (context.Context, func())
 	}
 }
 
-// walkPrepare visits every JSON object in raw that names a driver with a
+type toPrepare struct {
+	f   PrepareFunc
+	raw json.RawMessage
+}
+
+// walkPrepare finds every JSON object in raw that names a driver with a
 // PrepareFunc.
-func walkPrepare(ctx context.Context, raw json.RawMessage, set *preparedSet) {
+func walkPrepare(raw json.RawMessage, todo *[]toPrepare) {
 	var obj map[string]json.RawMessage
 	if json.Unmarshal(raw, &obj) == nil {
 		if d, ok := obj["driver"]; ok {
 			var name string
 			if json.Unmarshal(d, &name) == nil {
 				if drv := LookupDriver(name); drv != nil && drv.prepare != nil {
-					if key, v, release, err, ok := drv.prepare(ctx, raw); ok {
-						if old := set.m[key]; old != nil && old.release != nil {
-							old.release()
-						}
-						set.m[key] = &prepared{v: v, err: err, release: release}
-					}
+					*todo = append(*todo, toPrepare{drv.prepare, raw})
 				}
 			}
 		}
 		for _, v := range obj {
-			walkPrepare(ctx, v, set)
+			walkPrepare(v, todo)
 		}
 		return
 	}
 	var arr []json.RawMessage
 	if json.Unmarshal(raw, &arr) == nil {
 		for _, v := range arr {
-			walkPrepare(ctx, v, set)
+			walkPrepare(v, todo)
 		}
 	}
 }

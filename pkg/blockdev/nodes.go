@@ -7,12 +7,13 @@ import (
 	"fmt"
 
 	"github.com/blockd/blockd/pkg/block"
+	"github.com/blockd/blockd/pkg/qmp"
 )
 
 func (s *Server) blockdevAdd(ctx context.Context, raw json.RawMessage) (any, error) {
 	// Drivers that wait on the network (rbd) do it here, before the graph
-	// lock, so that other clients are served meanwhile.
-	ctx, release := block.Prepare(ctx, args(raw))
+	// lock and with other commands running meanwhile.
+	ctx, release := block.Prepare(ctx, args(raw), qmp.Unblocked)
 	defer release()
 	tx := s.G.Begin()
 	defer tx.Abort()

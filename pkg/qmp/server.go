@@ -438,9 +438,16 @@ func (s *Server) stopLocked() {
 // only after the previous one was answered.
 func (s *Server) runExecutor() {
 	defer s.wg.Done()
+	s.serve(nil)
+}
+
+// serve executes commands until the server stops or stop is closed.
+func (s *Server) serve(stop <-chan struct{}) {
 	for {
 		select {
 		case <-s.stopping:
+			return
+		case <-stop:
 			return
 		case req := <-s.exec:
 			quit := s.execute(req)
@@ -450,6 +457,33 @@ func (s *Server) runExecutor() {
 			}
 		}
 	}
+}
+
+type unblockKey struct{}
+
+// Unblocked runs f, part of a command handler that waits on the outside
+// world (a cluster connection that may take the cluster's timeout), while
+// the server goes on executing other commands, from every client, one at
+// a time as always. f must touch nothing that other handlers use; the
+// handler continues, alone again, once f has returned and the command
+// executed meanwhile (if any) has finished. ctx is the handler's; outside
+// a handler f just runs.
+func Unblocked(ctx context.Context, f func()) {
+	s, _ := ctx.Value(unblockKey{}).(*Server)
+	if s == nil {
+		f()
+		return
+	}
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	s.wg.Add(1) // the calling handler's executor is counted: no race with Close
+	go func() {
+		defer s.wg.Done()
+		defer close(stopped)
+		s.serve(stop)
+	}()
+	f()
+	close(stop)
+	<-stopped
 }
 
 // execute runs one command and queues its reply. It reports whether the
@@ -467,7 +501,7 @@ func (s *Server) execute(req *request) bool {
 		}
 	}
 	res, err := s.call(req.name, func() (any, error) {
-		return req.h.ServeQMP(s.ctx, req.args)
+		return req.h.ServeQMP(context.WithValue(s.ctx, unblockKey{}, s), req.args)
 	})
 	s.reply(req, res, err)
 	return false
