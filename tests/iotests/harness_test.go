@@ -33,6 +33,9 @@ func envOr(k, def string) string {
 	return def
 }
 
+// atExit runs after every test (shared fixtures such as the Ceph cluster).
+var atExit []func()
+
 func isQSD() bool { return daemonKind == "qsd" || daemonKind == "qemu-storage-daemon" }
 
 // skipOnQSD skips a case for a feature qsd 7.2 lacks.
@@ -49,6 +52,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	for _, f := range atExit {
+		f()
+	}
 	if builtDir != "" {
 		os.RemoveAll(builtDir)
 	}
