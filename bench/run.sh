@@ -4,10 +4,14 @@
 set -eu
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
-go build -o bin/blockd ./cmd/blockd
+go build $(./scripts/buildtags.sh) -o bin/blockd ./cmd/blockd
 echo "== NBD export, raw image =="
 go run ./bench/nbdbench -blockd bin/blockd "$@"
 echo "== throttle filter: rate held against the configured limit =="
 go run ./bench/throttlebench -blockd bin/blockd
 echo "== block jobs: stream, commit and mirror of a qcow2 chain =="
 go run ./bench/jobbench -blockd bin/blockd
+if [ -n "$(./scripts/buildtags.sh)" ]; then
+	echo "== rbd: NBD export of an rbd node, mirror of a qcow2 image into rbd (one-node Ceph cluster) =="
+	go run ./bench/rbdbench -blockd bin/blockd
+fi

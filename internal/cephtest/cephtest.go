@@ -36,7 +36,8 @@ type Cluster struct {
 	Conf string // its ceph.conf; pass it as conf= to clients
 	Port int    // the monitor's loopback port
 
-	mon, osd *exec.Cmd
+	storeBytes int64
+	mon, osd   *exec.Cmd
 }
 
 // Available reports why a cluster cannot start here ("" if it can).
@@ -50,8 +51,12 @@ func Available() string {
 }
 
 // Start makes a cluster in dir (which must exist and be empty) and waits
-// until the pool is usable. On error nothing is left running.
-func Start(dir string) (*Cluster, error) {
+// until the pool is usable. On error nothing is left running. The OSD
+// keeps up to 1 GiB, in memory.
+func Start(dir string) (*Cluster, error) { return StartSized(dir, 1<<30) }
+
+// StartSized is Start with an OSD that keeps up to storeBytes.
+func StartSized(dir string, storeBytes int64) (*Cluster, error) {
 	if why := Available(); why != "" {
 		return nil, fmt.Errorf("%w: %s", ErrMissing, why)
 	}
@@ -59,7 +64,7 @@ func Start(dir string) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{Dir: dir, Conf: filepath.Join(dir, "ceph.conf"), Port: port}
+	c := &Cluster{Dir: dir, Conf: filepath.Join(dir, "ceph.conf"), Port: port, storeBytes: storeBytes}
 	if err := c.start(); err != nil {
 		c.Stop()
 		return nil, err
@@ -159,8 +164,8 @@ mon data = %s/mon/$id
 [osd]
 osd data = %s/osd/$id
 osd objectstore = memstore
-memstore device bytes = 1073741824
-`, fsid, c.Port, d, d, d, d, d, d)
+memstore device bytes = %d
+`, fsid, c.Port, d, d, d, d, d, d, c.storeBytes)
 }
 
 // Run runs a Ceph program against the cluster and returns its standard

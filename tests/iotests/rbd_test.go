@@ -383,3 +383,25 @@ func TestRBDClusterDown(t *testing.T) {
 		t.Errorf("open with the cluster down took %v (mount timeout 3 s)", r.dur)
 	}
 }
+
+// TestRBDInternalSnapshot: blockdev-snapshot-internal-sync on an rbd node
+// makes an rbd snapshot (listed by rbd and in the node's image info);
+// blockdev-snapshot-delete-internal-sync removes it.
+func TestRBDInternalSnapshot(t *testing.T) {
+	img := newRBD(t, "8M")
+	d := rbdDaemon(t, img)
+	d.Cmd("blockdev-add", img.opts("r"))
+	d.Cmd("blockdev-snapshot-internal-sync", map[string]any{"device": "r", "name": "sn1"})
+	if out, err := img.c.RBD("snap", "ls", cephtest.Pool+"/"+img.name); err != nil || !strings.Contains(out, "sn1") {
+		t.Errorf("rbd snap ls after the snapshot: %s %v", out, err)
+	}
+	snaps, _ := namedNodes(d, true)["r"].Image["snapshots"].([]any)
+	if len(snaps) != 1 || snaps[0].(map[string]any)["name"] != "sn1" || snaps[0].(map[string]any)["id"] != "sn1" ||
+		snaps[0].(map[string]any)["vm-state-size"] != float64(8<<20) {
+		t.Errorf("snapshots in the image info: %v", snaps)
+	}
+	d.Cmd("blockdev-snapshot-delete-internal-sync", map[string]any{"device": "r", "name": "sn1"})
+	if out, err := img.c.RBD("snap", "ls", cephtest.Pool+"/"+img.name); err != nil || strings.Contains(out, "sn1") {
+		t.Errorf("rbd snap ls after the deletion: %s %v", out, err)
+	}
+}
