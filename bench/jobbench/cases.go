@@ -17,11 +17,14 @@ type jobCase struct {
 	name, about string
 	images      []string // images of the original directory the job works on
 	target      bool     // a new qcow2 of the same size is added as node "target"
-	command     string
-	args        map[string]any // the command's arguments besides job-id
-	until       string         // the event timed; after BLOCK_JOB_READY the job is completed
-	copied      func(orig string) int64
-	checks      []imageCheck // verified once the daemon has exited
+	// targetBacking, if set, is an image of the original directory that
+	// the new target names as its backing file (copied, not a node).
+	targetBacking string
+	command       string
+	args          map[string]any // the command's arguments besides job-id
+	until         string         // the event timed; after BLOCK_JOB_READY the job is completed
+	copied        func(orig string) int64
+	checks        []imageCheck // verified once the daemon has exited
 }
 
 // An imageCheck is what one image must be after the job: clean by
@@ -59,6 +62,15 @@ var cases = []jobCase{
 		images: []string{"sparse"}, target: true, command: "blockdev-mirror", args: map[string]any{"device": "sparse", "target": "target", "sync": "full"},
 		until: "BLOCK_JOB_READY", copied: allocatedIn("sparse", 0, 0),
 		checks: []imageCheck{{"target", "", "sparse"}}},
+	{name: "backup-full", about: "blockdev-backup sync=full of the chain into a new qcow2",
+		images: chain, target: true, command: "blockdev-backup", args: map[string]any{"device": "top", "target": "target", "sync": "full"},
+		until: "BLOCK_JOB_COMPLETED", copied: allocatedIn("top", 0, 2),
+		checks: []imageCheck{{"target", "", "top"}}},
+	{name: "backup-incremental", about: "blockdev-backup sync=incremental of a 10%-changed image into an overlay of its last full backup",
+		images: []string{"incsrc"}, target: true, targetBacking: "incbase", command: "blockdev-backup",
+		args:  map[string]any{"device": "incsrc", "target": "target", "sync": "incremental", "bitmap": "b0"},
+		until: "BLOCK_JOB_COMPLETED", copied: func(string) int64 { return incrementalBytes },
+		checks: []imageCheck{{"target", "incbase.qcow2", "incsrc"}}},
 }
 
 // allocatedIn is what the chain of img (in the original directory)
@@ -89,7 +101,14 @@ func runOnce(name, dir, orig string, c jobCase, size, warm int64) measured {
 	nodes := c.images
 	if c.target {
 		img := filepath.Join(run, "target.qcow2")
-		benchutil.MustRun("qemu-img", "create", "-q", "-f", "qcow2", img, fmt.Sprint(size))
+		create := []string{"create", "-q", "-f", "qcow2"}
+		if b := c.targetBacking; b != "" {
+			bimg := filepath.Join(run, b+".qcow2")
+			benchutil.MustRun("cp", "--reflink=auto", filepath.Join(orig, b+".qcow2"), bimg)
+			imgs = append(imgs, bimg)
+			create = append(create, "-b", b+".qcow2", "-F", "qcow2")
+		}
+		benchutil.MustRun("qemu-img", append(create, img, fmt.Sprint(size))...)
 		imgs = append(imgs, img)
 		nodes = append(nodes[:len(nodes):len(nodes)], "target")
 	}

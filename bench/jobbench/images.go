@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -18,7 +19,39 @@ import (
 func makeImages(dir string) int64 {
 	size := makeChain(dir)
 	makeSparse(dir, size)
+	makeIncremental(dir, size)
 	return size
+}
+
+// incrementalBytes is how much makeIncremental's bitmap marks dirty:
+// what an incremental backup copies.
+var incrementalBytes int64
+
+// makeIncremental builds the images of an incremental backup:
+// incbase.qcow2, random data over the whole disk (the last full
+// backup), and incsrc.qcow2, the same disk after writes to a tenth of
+// its 1 MiB blocks (picked by a seeded generator), which its persistent
+// bitmap b0 recorded.
+func makeIncremental(dir string, size int64) {
+	raw := filepath.Join(dir, "incbase.raw")
+	writeSparse(raw, size, []region{{0, size}}, 11)
+	base := filepath.Join(dir, "incbase.qcow2")
+	benchutil.MustRun("qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, base)
+	os.Remove(raw)
+	src := filepath.Join(dir, "incsrc.qcow2")
+	benchutil.MustRun("cp", base, src)
+	benchutil.MustRun("qemu-img", "bitmap", "--add", src, "b0")
+	pick := rand.New(rand.NewPCG(5, 6))
+	args := []string{"-f", "qcow2"}
+	incrementalBytes = 0
+	for off := int64(0); off < size; off += 1 << 20 {
+		if pick.IntN(10) == 0 {
+			n := min(1<<20, size-off)
+			args = append(args, "-c", fmt.Sprintf("write -q -P %d %d %d", 1+pick.IntN(254), off, n))
+			incrementalBytes += n
+		}
+	}
+	benchutil.MustRun("qemu-io", append(args, src)...)
 }
 
 // makeSparse builds sparse.qcow2: random data in a tenth of its 1 MiB

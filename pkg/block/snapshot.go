@@ -78,7 +78,13 @@ func (t *Txn) InsertFilter(ctx context.Context, n *Node, raw json.RawMessage, im
 			return fmt.Errorf("node '%s' is not a filter of '%s': %w", f.name, n.name, ErrInternal)
 		}
 		f.implicit = implicit
-		return t.ReplaceNode(n, f, func(c *Child) bool { return c.ParentNode() == f })
+		// Links from f's own subtree stay on n, as QEMU's node
+		// replacement leaves them: a fleecing target backed by n stays
+		// backed by n, not by the filter that writes it.
+		return t.ReplaceNode(n, f, func(c *Child) bool {
+			p := c.ParentNode()
+			return p == f || p != nil && reaches(f, p)
+		})
 	})
 	if err != nil {
 		return nil, err

@@ -86,3 +86,51 @@ func TestBackupTransactionAbort(t *testing.T) {
 	run(t, "qemu-img", "compare", d.Path("drv.qcow2"), d.Path("src.qcow2"))
 	run(t, "qemu-img", "check", d.Path("drv.qcow2"))
 }
+
+// TestBackupPullLibvirt is libvirt's pull-mode incremental backup: a
+// scratch qcow2 backed by the disk, a sync=none backup into it started
+// together with the backup's bitmap (merged from the checkpoint's), and
+// an NBD export of the scratch node serving that bitmap. The client
+// reads the disk as it was at the start and learns from the bitmap
+// what changed since the checkpoint, while the guest goes on writing.
+func TestBackupPullLibvirt(t *testing.T) {
+	d := start(t)
+	backupSource(t, d)
+	run(t, "cp", d.Path("src.qcow2"), d.Path("ref.qcow2"))
+	sock := startNBD(d)
+	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "guest", "node-name": "src", "writable": true})
+	// The checkpoint made at the last backup, and the writes since.
+	addBitmap(d, "src", "c1", "persistent", true)
+	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x33 2M 64k", "-c", "write -P 0x34 33M 128k", nbdURI(sock, "src"))
+	run(t, "cp", d.Path("src.qcow2"), d.Path("ref.qcow2")) // what the backup must read
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", d.Path("scratch.qcow2"), "64M")
+	d.Cmd("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "scratch", "backing": "src",
+		"file": map[string]any{"driver": "file", "filename": d.Path("scratch.qcow2")}})
+	d.Cmd("transaction", map[string]any{"actions": []any{
+		map[string]any{"type": "block-dirty-bitmap-add", "data": map[string]any{"node": "src", "name": "backup-src", "disabled": true}},
+		map[string]any{"type": "block-dirty-bitmap-merge", "data": map[string]any{"node": "src", "target": "backup-src", "bitmaps": []any{"c1"}}},
+		map[string]any{"type": "block-dirty-bitmap-add", "data": map[string]any{"node": "src", "name": "c2", "persistent": true}},
+		map[string]any{"type": "blockdev-backup", "data": map[string]any{"job-id": "pull", "device": "src", "target": "scratch", "sync": "none"}},
+	}})
+	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "backup", "name": "backup", "node-name": "scratch", "bitmaps": []any{"backup-src"}})
+	// The guest writes while the client reads.
+	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x77 2M 1M", "-c", "write -P 0x78 40M 1M", nbdURI(sock, "src"))
+	backupURI := nbdURI(sock, "backup")
+	run(t, "qemu-img", "compare", "-f", "raw", "-F", "qcow2", backupURI, d.Path("ref.qcow2"))
+	if got, want := bitmapMap(t, sock, "backup", "backup-src"), strings.Join([]string{
+		"0 2097152 0 clean", "2097152 65536 1 dirty", "2162688 32440320 0 clean",
+		"34603008 131072 1 dirty", "34734080 32374784 0 clean"}, "\n"); got != want {
+		t.Errorf("the export's bitmap:\n%s\nwant\n%s", got, want)
+	}
+	d.DelExport("backup")
+	d.Cmd("block-job-cancel", map[string]any{"device": "pull"})
+	waitStatus(t, d, "pull", "null")
+	d.Cmd("blockdev-del", map[string]any{"node-name": "scratch"})
+	d.Cmd("block-dirty-bitmap-remove", map[string]any{"node": "src", "name": "backup-src"})
+	// c2 holds the guest's writes since the backup began.
+	wantBitmaps(t, d, "src", bm("c2", 65536, 2<<20, true, true), bm("c1", 65536, 2<<20+128<<10, true, true))
+	d.DelExport("guest")
+	d.Quit()
+	run(t, "qemu-img", "check", d.Path("src.qcow2"))
+	run(t, "qemu-io", "-r", "-f", "qcow2", "-c", "read -P 0x77 2M 1M", "-c", "read -P 0x78 40M 1M", d.Path("src.qcow2"))
+}
