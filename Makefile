@@ -6,8 +6,9 @@
 #               and against qemu-storage-daemon, and every fuzz target
 #               for a second (its seed corpus runs with the unit tests)
 #   make docs   regenerate docs/qmp-reference.md from blockd's own
-#               query-qmp-schema, and docs/cookbook.md from the flows
-#               TestCookbook runs (make lint fails when one is out of date)
+#               query-qmp-schema, docs/cookbook.md from the flows
+#               TestCookbook runs and the SVG pictures of its graphs in
+#               docs/cookbook (make lint fails when one is out of date)
 #   make fuzz   run every fuzz target for FUZZTIME (60s; the nightly form
 #               is make fuzz FUZZTIME=10m), see scripts/fuzz.sh
 #   make soak   32 QMP clients, an NBD writer and repeated jobs for
@@ -26,7 +27,7 @@ FUZZTIME ?= 60s
 SOAKTIME ?= 10m
 SOAK_UNGUARDED ?= 2m
 
-.PHONY: all build run test unit iotests iotests-blockd iotests-qsd lint docs deps bench fuzz fuzz-short crash soak soak-short clean
+.PHONY: all build run test unit iotests iotests-blockd iotests-qsd lint docs graphs deps bench fuzz fuzz-short crash soak soak-short clean
 
 all: build
 
@@ -74,10 +75,20 @@ lint:
 	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod/go.sum are not tidy: run go mod tidy"; $(GO) mod tidy -diff; exit 1; }
 	$(GO) run ./cmd/qmpdoc -check docs/qmp-reference.md
 	$(GO) run ./cmd/cookbook -check docs/cookbook.md
+	@tmp=$$(mktemp -d); $(MAKE) -s graphs GRAPHDIR=$$tmp; \
+	if ! diff -r $$tmp docs/cookbook >/dev/null; then echo "docs/cookbook/*.svg are out of date: run make docs"; rm -rf $$tmp; exit 1; fi; rm -rf $$tmp
 
-docs:
+docs: graphs
 	$(GO) run ./cmd/qmpdoc -o docs/qmp-reference.md
 	$(GO) run ./cmd/cookbook -o docs/cookbook.md
+
+# graphs draws the cookbook's graphs (the dot files TestCookbook checks
+# against blockctl graph) as SVG pictures with graphviz.
+GRAPHDIR ?= docs/cookbook
+graphs:
+	@mkdir -p $(GRAPHDIR)
+	@rm -f $(GRAPHDIR)/*.svg
+	@for f in tests/iotests/testdata/cookbook/*.dot; do dot -Tsvg "$$f" -o $(GRAPHDIR)/$$(basename "$$f" .dot).svg || exit 1; done
 
 bench: build
 	./bench/run.sh

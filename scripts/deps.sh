@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what the tests need when it is missing: qemu-img, qemu-io and
 # qemu-storage-daemon (the reference daemon and the truth for image data),
-# nbdinfo and nbdcopy (NBD clients), fio and nbdkit (benchmarks). On Debian/Ubuntu it
+# nbdinfo and nbdcopy (NBD clients), fio and nbdkit (benchmarks), dot
+# (graphviz: the cookbook's graph pictures, made and checked by make docs/lint). On Debian/Ubuntu it
 # uses apt-get (as root, or through sudo); elsewhere it says what to install.
 # Then, optionally, what the rbd driver and its tests need: a one-node Ceph
 # cluster's daemons and tools (ceph-mon, ceph-osd, ceph-common), librbd's
@@ -19,6 +20,7 @@ need nbdinfo libnbd-bin
 need nbdcopy libnbd-bin
 need fio fio
 need nbdkit nbdkit
+need dot graphviz
 
 # The rbd driver's: optional.
 optional=""

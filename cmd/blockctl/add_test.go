@@ -56,6 +56,25 @@ func TestExportArgs(t *testing.T) {
 	}
 }
 
+func TestCreateArgs(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"file", []string{"driver=file,filename=a.qcow2,size=0"}, `{"driver":"file","filename":"a.qcow2","size":0}`},
+		{"qcow2 overlay, sizes and bools typed", []string{"driver=qcow2", "file=f", "size=64M", "cluster-size=64k", "lazy-refcounts=on", "backing-file=top.qcow2", "backing-fmt=qcow2"},
+			`{"backing-file":"top.qcow2","backing-fmt":"qcow2","cluster-size":65536,"driver":"qcow2","file":"f","lazy-refcounts":true,"size":67108864}`},
+		{"no create for the driver", []string{"driver=throttle,file=f"}, `error: Parameter 'driver' does not accept value 'throttle'`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := createArgs(tc.args)
+			checkArgs(t, got, err, tc.want)
+		})
+	}
+}
+
 // checkArgs compares the JSON made (keys sorted) or the error with want.
 func checkArgs(t *testing.T, got json.RawMessage, err error, want string) {
 	t.Helper()

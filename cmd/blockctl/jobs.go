@@ -332,7 +332,7 @@ var jobVerbs = []struct{ verb, short string }{
 
 func (a *app) jobCommand() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "job pause|resume|cancel|complete|finalize|dismiss ID",
+		Use:   "job pause|resume|cancel|complete|finalize|dismiss|wait ID",
 		Short: "Control a job (job-pause, job-cancel ...)",
 		Example: `  blockctl job pause s0
   blockctl job cancel --force m0`,
@@ -340,6 +340,30 @@ func (a *app) jobCommand() *cobra.Command {
 	for _, v := range jobVerbs {
 		cmd.AddCommand(a.jobVerbCommand(v.verb, v.short))
 	}
+	cmd.AddCommand(a.jobWaitCommand())
+	return cmd
+}
+
+func (a *app) jobWaitCommand() *cobra.Command {
+	var wf waitFlags
+	cmd := &cobra.Command{
+		Use:   "wait ID [--complete] [--finalize] [--dismiss]",
+		Short: "Follow a running job to its end, as --wait does for the jobs blockctl starts",
+		Long: `wait follows a job that is already running (one a transaction started,
+say) with the progress view of --wait, completes, finalizes or dismisses
+it as asked, and exits 1 with the job's error if it fails or is
+cancelled. A job that has ended and been dismissed is gone: start it with
+auto-dismiss=false and wait with --dismiss.`,
+		Example: `  blockctl raw transaction '{"actions": [...blockdev-backup with "job-id": "b0", "auto-dismiss": false...]}'
+  blockctl job wait b0 --dismiss`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.waitJob(cmd.Context(), args[0], wf)
+		},
+		ValidArgsFunction: a.completeJobs,
+	}
+	wf.add(cmd.Flags())
+	cmd.Flags().Lookup("wait").Hidden = true
 	return cmd
 }
 

@@ -97,7 +97,7 @@ or qemu-storage-daemon 7.2 (start it with a --chardev socket and a
 	root.PersistentFlags().StringVarP(&a.socket, "socket", "s", sock, "the daemon's QMP socket; $BLOCKCTL_SOCKET sets the default")
 	root.PersistentFlags().StringVarP(&a.output, "output", "o", "text", "output format: text or json")
 	root.RegisterFlagCompletionFunc("output", fixedCompletion("text", "json"))
-	root.AddCommand(a.nodesCommand(), a.graphCommand(), a.addCommand(), a.delCommand(), a.exportCommand())
+	root.AddCommand(a.nodesCommand(), a.graphCommand(), a.addCommand(), a.delCommand(), a.createCommand(), a.exportCommand())
 	for _, spec := range jobCommands {
 		root.AddCommand(a.jobStartCommand(spec))
 	}

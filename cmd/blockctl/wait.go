@@ -30,16 +30,54 @@ func (a *app) startJob(ctx context.Context, name string, req map[string]any, wf 
 	if _, err := c.Call(ctx, name, req); err != nil {
 		return err
 	}
-	w := &jobWaiter{
-		c: c, sub: sub, id: req["job-id"].(string), typ: jobType(name), flags: wf,
-		autoFinalize: req["auto-finalize"] != false, autoDismiss: req["auto-dismiss"] != false, now: time.Now,
-	}
+	w := a.newWaiter(c, sub, req["job-id"].(string), jobType(name), wf)
+	w.autoFinalize, w.autoDismiss = req["auto-finalize"] != false, req["auto-dismiss"] != false
+	return w.run(ctx)
+}
+
+func (a *app) newWaiter(c *Client, sub *Subscription, id, typ string, wf waitFlags) *jobWaiter {
+	w := &jobWaiter{c: c, sub: sub, id: id, typ: typ, flags: wf, now: time.Now}
 	if a.isTerminal() {
 		w.view, w.interval = newBarView(a.stdout, w.id, w.typ), 200*time.Millisecond
 	} else {
 		w.view, w.interval = newLineView(a.stdout, w.id, w.typ), time.Second
 	}
-	return w.run(ctx)
+	return w
+}
+
+// waitJob follows a job that is already there (started by a transaction,
+// say) to its end, doing what wf asks on the way.
+func (a *app) waitJob(ctx context.Context, id string, wf waitFlags) error {
+	c, err := a.conn(ctx)
+	if err != nil {
+		return err
+	}
+	sub := c.Subscribe()
+	defer sub.Stop()
+	ret, err := c.Call(ctx, "query-jobs", nil)
+	if err != nil {
+		return err
+	}
+	var jobs []jobInfo
+	if err := json.Unmarshal(ret, &jobs); err != nil {
+		return fmt.Errorf("query-jobs: %v", err)
+	}
+	for _, j := range jobs {
+		if j.ID != id {
+			continue
+		}
+		w := a.newWaiter(c, sub, id, j.Type, wf)
+		// What the job was started with is not in query-jobs: the flags
+		// say which verbs blockctl is to send.
+		w.autoFinalize, w.autoDismiss = !wf.finalize, !wf.dismiss
+		w.failure = j.Error
+		w.progress(j.Current, j.Total)
+		if err := w.status(ctx, j.Status); err != nil {
+			return err
+		}
+		return w.run(ctx)
+	}
+	return fmt.Errorf("no job '%s' (a job that ended and was dismissed is gone: start it with auto-dismiss=false to wait for it)", id)
 }
 
 // jobType is the job type a start command creates.

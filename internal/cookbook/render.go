@@ -67,7 +67,9 @@ func renderFlow(b *bytes.Buffer, f *Flow, dir string) error {
 			if err != nil {
 				return fmt.Errorf("%s: %v (run the cookbook iotest with -update)", l.Where(f), err)
 			}
-			fmt.Fprintf(b, "*%s* (`blockctl graph`):\n\n```dot\n%s```\n\n", l.GraphCaption(), dot)
+			svg := strings.TrimSuffix(f.GraphFile(l.GraphName()), ".dot") + ".svg"
+			fmt.Fprintf(b, "*%s*:\n\n![%s](cookbook/%s)\n\n<details><summary>the graph as <code>blockctl graph</code> prints it</summary>\n\n```dot\n%s```\n\n</details>\n\n",
+				l.GraphCaption(), l.GraphCaption(), svg, dot)
 		default:
 			if group(l.Kind) != open {
 				closeBlock()

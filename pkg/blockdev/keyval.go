@@ -151,6 +151,19 @@ func typedBlockdev(tree map[string]any, path string) (map[string]any, error) {
 	return typedObject(tree, path, reflect.TypeOf(block.CommonOptions{}), reflect.TypeOf(d.NewOptions()).Elem())
 }
 
+// KeyvalCreate converts a parsed option tree into blockdev-create's
+// options, typed by the driver's create options.
+func KeyvalCreate(tree map[string]any) (json.RawMessage, error) {
+	name, _ := tree["driver"].(string)
+	c := block.LookupCreator(name)
+	if c == nil {
+		return nil, fmt.Errorf("Parameter 'driver' does not accept value '%s'", name)
+	}
+	return KeyvalTyped(tree, reflect.TypeFor[struct {
+		Driver string `json:"driver"`
+	}](), c.Options)
+}
+
 // KeyvalTyped converts a parsed option tree into JSON typed by the Go
 // structs the option is decoded into.
 func KeyvalTyped(tree map[string]any, types ...reflect.Type) (json.RawMessage, error) {
