@@ -116,7 +116,7 @@ CRASH_SEED   ?= 1
 crash: deps
 	@mkdir -p bin
 	CRASH_POINTS=$(CRASH_POINTS) CRASH_SEED=$(CRASH_SEED) IOTESTS_DAEMON=blockd \
-		$(GO) test -count=1 -timeout 60m -run TestCrashJobs -v ./tests/iotests/ 2>&1 | tee bin/crash.log | grep -E '^\s*(--- |ok|FAIL|crash_test)'
+		$(GO) test -count=1 -timeout 60m -run 'TestCrash' -v ./tests/iotests/ 2>&1 | tee bin/crash.log | grep -E '^\s*(--- |ok|FAIL|crash_test)'
 	@grep -q '^ok' bin/crash.log
 
 clean:

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -171,5 +172,45 @@ func TestQcow2PersistentBitmapQMP(t *testing.T) {
 		t.Errorf("after block-dirty-bitmap-remove the image still has %v", got)
 	}
 	d.Cmd("blockdev-del", map[string]any{"node-name": "n"})
+	run(t, "qemu-img", "check", img)
+}
+
+// TestQcow2PersistentBitmapKill9: a daemon killed while a persistent
+// bitmap it loaded is dirty leaves it marked in use in the image (a
+// bitmap added since is not in the image yet, in either daemon); the
+// next daemon that opens the image reports it inconsistent and refuses
+// to use it (never silently wrong) until it is removed; qemu-img check
+// is clean.
+func TestQcow2PersistentBitmapKill9(t *testing.T) {
+	d := start(t)
+	img := d.Path("disk.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "64M")
+	run(t, "qemu-img", "bitmap", "--add", img, "b0")
+	sock := startNBD(d)
+	addQcow2(d, "disk", "disk.qcow2", nil)
+	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "disk", "writable": true})
+	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x42 1M 1M", nbdURI(sock, "disk"))
+	if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-d.done
+	if got, want := imageBitmaps(t, img), []string{"b0:65536:in-use,auto"}; !slices.Equal(got, want) {
+		t.Errorf("qemu-img info after the kill: %v, want %v", got, want)
+	}
+	run(t, "qemu-img", "check", img)
+	d2 := start(t)
+	d2.Cmd("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "disk",
+		"file": map[string]any{"driver": "file", "filename": img}})
+	got := bitmapsOf(t, d2, "disk")
+	if len(got) != 1 || got[0]["name"] != "b0" || got[0]["inconsistent"] != true {
+		t.Errorf("the bitmap after the kill: %v, want b0 inconsistent", got)
+	}
+	d2.MustFail("block-dirty-bitmap-clear", map[string]any{"node": "disk", "name": "b0"}, "GenericError",
+		"Bitmap 'b0' is inconsistent and cannot be used")
+	d2.Cmd("block-dirty-bitmap-remove", map[string]any{"node": "disk", "name": "b0"})
+	d2.Quit()
+	if got := imageBitmaps(t, img); len(got) != 0 {
+		t.Errorf("bitmaps left in the image: %v", got)
+	}
 	run(t, "qemu-img", "check", img)
 }
