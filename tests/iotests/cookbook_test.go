@@ -8,7 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -60,6 +62,7 @@ type flowRun struct {
 
 func runFlow(t *testing.T, f *cookbook.Flow, bin string, blockctlTrack bool) {
 	d, ctl := startForBlockctl(t, bin)
+	t.Cleanup(func() { stopPidfiles(d.Dir) })
 	r := &flowRun{t: t, f: f, d: d, ctl: ctl}
 	for _, l := range f.Lines {
 		if l.Kind == cookbook.Prose || blockctlTrack != (l.Kind == cookbook.Blockctl) && l.Kind != cookbook.Shell {
@@ -80,6 +83,27 @@ func runFlow(t *testing.T, f *cookbook.Flow, bin string, blockctlTrack bool) {
 			r.expect(l)
 		case cookbook.Graph:
 			r.graph(l)
+		}
+	}
+}
+
+// stopPidfiles stops what a flow started in the background and left
+// running (a flow that failed before it stopped its qemu-nbd): every
+// process named by a *.pid file in dir whose command line names dir (a
+// pid file left by a process that ended may name someone else by now).
+func stopPidfiles(dir string) {
+	files, _ := filepath.Glob(filepath.Join(dir, "*.pid"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid <= 1 {
+			continue
+		}
+		if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && bytes.Contains(cmdline, []byte(dir)) {
+			_ = syscall.Kill(pid, syscall.SIGTERM)
 		}
 	}
 }
