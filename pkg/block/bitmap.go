@@ -56,6 +56,7 @@ type DirtyBitmap struct {
 
 	disabled atomic.Bool // not recording: the node's writes pass it by
 	busy     atomic.Bool
+	frozen   atomic.Bool // a job's successor records in its place
 
 	// What a format that stores bitmaps in its image (qcow2) needs to
 	// know and say about one: see the methods of the same names.
@@ -131,6 +132,15 @@ func (b *DirtyBitmap) Busy() bool { return b.busy.Load() }
 
 // SetBusy marks the bitmap as used by an operation, or no longer.
 func (b *DirtyBitmap) SetBusy(busy bool) { b.busy.Store(busy) }
+
+// Frozen reports whether the node's writes pass the bitmap by because a
+// job's successor bitmap records them apart (QEMU's frozen bitmap): the
+// bitmap still counts as recording, and keeps the bits it had when the
+// job began until the job hands the successor's back.
+func (b *DirtyBitmap) Frozen() bool { return b.frozen.Load() }
+
+// SetFrozen freezes or thaws the bitmap (see Frozen).
+func (b *DirtyBitmap) SetFrozen(on bool) { b.frozen.Store(on) }
 
 // A persistent bitmap is one a format driver (qcow2) stores in its image
 // when the node closes or goes read-only, and loads again when the image
@@ -659,7 +669,7 @@ func (n *Node) markDirtySlow(off, length int64) {
 		if off+length > b.Size() {
 			b.grow(n.Size())
 		}
-		if b.Recording() {
+		if b.Recording() && !b.Frozen() {
 			b.Set(off, length)
 		}
 	}

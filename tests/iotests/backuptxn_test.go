@@ -134,3 +134,32 @@ func TestBackupPullLibvirt(t *testing.T) {
 	run(t, "qemu-img", "check", d.Path("src.qcow2"))
 	run(t, "qemu-io", "-r", "-f", "qcow2", "-c", "read -P 0x77 2M 1M", "-c", "read -P 0x78 40M 1M", d.Path("src.qcow2"))
 }
+
+// TestBackupFrozenBitmap: while a bitmap backup runs, its bitmap is busy
+// and shows what it held at the start, whatever the guest writes; a
+// cancelled job gives it back those bits plus the writes since.
+func TestBackupFrozenBitmap(t *testing.T) {
+	d := start(t)
+	backupSource(t, d)
+	sock := startNBD(d)
+	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "exp0", "node-name": "src", "writable": true})
+	addBitmap(d, "src", "b0")
+	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x55 0 8M", nbdURI(sock, "src"))
+	d.Cmd("blockdev-backup", map[string]any{"job-id": "b", "device": "src", "target": "tgt", "sync": "bitmap", "bitmap": "b0", "bitmap-mode": "on-success", "speed": 1 << 20})
+	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x56 40M 1M", nbdURI(sock, "src"))
+	// (The job's anonymous bitmaps are listed too, not alike in both.)
+	var b0 bitmapInfo
+	for _, b := range bitmapsOf(t, d, "src") {
+		if b["name"] == "b0" {
+			b0 = b
+		}
+	}
+	if b0["count"] != float64(8<<20) || b0["busy"] != true || b0["recording"] != true {
+		t.Errorf("the bitmap while the job runs: %v, want busy, recording, count 8 MiB", b0)
+	}
+	d.Cmd("block-job-cancel", map[string]any{"device": "b"})
+	waitStatus(t, d, "b", "null")
+	wantBitmaps(t, d, "src", bm("b0", 65536, 9<<20, true, false))
+	d.DelExport("exp0")
+	d.Quit()
+}

@@ -265,11 +265,11 @@ func (b *Backup) Setup(ctx context.Context, tx *block.Txn, j *jobs.Job) error {
 	return nil
 }
 
-// startSuccessor marks the sync bitmap busy and starts recording the
-// writes from now on apart (QEMU's successor): at the end they are what
-// the bitmap holds after a successful copy. The bitmap itself goes on
-// recording, so that without the successor it holds what it held plus
-// the new writes: what it must hold when the copy failed.
+// startSuccessor marks the sync bitmap busy and freezes it: an
+// anonymous successor records the writes from now on apart (QEMU's
+// successor), so that the bitmap shows what it held when the job began,
+// as qsd's does, and the two can be put together as bitmap-mode says
+// at the end.
 func (b *Backup) startSuccessor(tx *block.Txn) error {
 	succ, err := b.source.AddDirtyBitmap("", b.bitmap.Granularity())
 	if err != nil {
@@ -278,9 +278,11 @@ func (b *Backup) startSuccessor(tx *block.Txn) error {
 	succ.SetRecording(b.bitmap.Recording())
 	b.successor = succ
 	b.bitmap.SetBusy(true)
+	b.bitmap.SetFrozen(true)
 	tx.OnUndo(func() {
 		b.source.RemoveDirtyBitmap(succ)
 		b.bitmap.SetBusy(false)
+		b.bitmap.SetFrozen(false)
 	})
 	return nil
 }
@@ -366,8 +368,8 @@ func (b *Backup) Clean(ctx context.Context, tx *block.Txn) {
 		return
 	}
 	tx.Drain(b.source) // no write between the bitmap's two steps
-	// The successor holds the writes since the start; the bitmap holds
-	// those and what it held before.
+	// The successor holds the writes since the start; the frozen bitmap
+	// what it held then.
 	switch {
 	case b.succeeded && b.mode != BitmapNever:
 		b.bitmap.Restore(b.successor)
@@ -380,7 +382,13 @@ func (b *Backup) Clean(ctx context.Context, tx *block.Txn) {
 		if err := b.bitmap.Merge(b.bc.bitmap); err != nil {
 			tx.Graph().Logger().WithError(err).Error("backup: keeping what was not copied in the bitmap")
 		}
+	default:
+		// What it held, and the writes since.
+		if err := b.bitmap.Merge(b.successor); err != nil {
+			tx.Graph().Logger().WithError(err).Error("backup: giving the bitmap back the writes since the start")
+		}
 	}
 	b.source.RemoveDirtyBitmap(b.successor)
+	b.bitmap.SetFrozen(false)
 	b.bitmap.SetBusy(false)
 }

@@ -22,11 +22,12 @@
 // filter. The job's length is what it has to copy; its progress counts
 // every cluster copied, by the job or by a write.
 //
-// The sync bitmap is busy while the job runs. It goes on recording, and
-// an anonymous successor on the source records the writes from the start
-// apart; at the end (Clean), if the copy succeeded and bitmap-mode is not
-// never, the bitmap becomes the successor (what was written since); with
-// always after a failure, the successor plus what was not copied; else it
-// stays as it is (what it had plus the writes since). Clean also removes
-// the filter, whose users go back to the source.
+// The sync bitmap is busy while the job runs, and frozen: it keeps
+// what it held at the start while an anonymous successor on the source
+// records the writes from then on apart. At the end (Clean), if the
+// copy succeeded and bitmap-mode is not never, the bitmap becomes the
+// successor (what was written since) and takes its place in the node's
+// list; with always after a failure, the successor plus what was not
+// copied; else what it held plus the successor's writes. Clean also
+// removes the filter, whose users go back to the source.
 package backup
