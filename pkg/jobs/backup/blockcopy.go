@@ -95,7 +95,11 @@ func (b *blockCopy) copyRange(ctx context.Context, off, n int64, buf []byte) err
 	}
 	defer b.locks.Unlock(lk)
 	for pos := lo; pos < hi; {
-		d, m := b.bitmap.NextDirty(pos, hi-pos)
+		// Only inside the locked range: a run found beyond it is another
+		// caller's to copy under its own lock (copying it here, unlocked,
+		// could read a guest's new data while that caller lets the write
+		// through, having found the run clean).
+		d, m := b.bitmap.NextDirtyIn(pos, hi)
 		if m == 0 {
 			return nil
 		}

@@ -70,7 +70,11 @@ func TestViewPointInTime(t *testing.T) {
 						return
 					}
 					if !bytes.Equal(buf[:n], start[off:off+n]) {
-						t.Errorf("the view at %d changed under a write", off)
+						i := 0
+						for buf[i] == start[off+int64(i)] {
+							i++
+						}
+						t.Errorf("the view at %d changed under a write: at %d it reads %#x, was %#x", off, off+int64(i), buf[i], start[off+int64(i)])
 						return
 					}
 				}
