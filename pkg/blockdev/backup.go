@@ -64,6 +64,7 @@ func backupJob(a *backupArgs, targetOptions json.RawMessage) (string, *backup.Ba
 // the job is created with the other actions and starts when they all
 // took effect (a failed action takes it back before it ran).
 type backupAction struct {
+	group  *jobs.Group // completion-mode grouped
 	a      backupArgs
 	drive  *driveBackupArgs
 	target json.RawMessage
@@ -86,6 +87,7 @@ func (x *backupAction) prepare(ctx context.Context, s *Server, tx *block.Txn) er
 
 func (x *backupAction) apply(ctx context.Context, s *Server, tx *block.Txn) error {
 	id, body, opts := backupJob(&x.a, x.target)
+	opts.Group = x.group
 	_, err := s.Jobs.Prepare(ctx, tx, id, "backup", body, opts)
 	return err
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/blockd/blockd/pkg/block"
+	"github.com/blockd/blockd/pkg/jobs"
 	"github.com/blockd/blockd/pkg/qmp"
 )
 
@@ -251,6 +252,7 @@ func (s *Server) transaction(ctx context.Context, a *transactionArgs) (empty, er
 	}
 	grouped := a.Properties != nil && a.Properties.CompletionMode != nil && *a.Properties.CompletionMode == "grouped"
 	var acts []action
+	var group *jobs.Group // the jobs of a grouped transaction
 	for i, ta := range a.Actions {
 		path := fmt.Sprintf("actions[%d].data", i)
 		known := false
@@ -284,10 +286,10 @@ func (s *Server) transaction(ctx context.Context, a *transactionArgs) (empty, er
 			}
 			acts = append(acts, x)
 		case "blockdev-backup", "drive-backup":
-			if grouped {
-				return empty{}, fmt.Errorf("blockd does not support completion-mode 'grouped' for '%s' yet", ta.Type)
+			if grouped && group == nil {
+				group = jobs.NewGroup()
 			}
-			x := &backupAction{}
+			x := &backupAction{group: group}
 			dst := any(&x.a)
 			if ta.Type == "drive-backup" {
 				x.drive = &driveBackupArgs{}

@@ -66,6 +66,12 @@ type copyState struct {
 	retry   []chunk // failed chunks to copy again (on-error stop); mu
 	fatal   error   // a reported error: stop; mu
 	ignored error   // the first ignored error; mu
+	// stopped: a failed chunk paused the job (on-error stop); until the
+	// loop goes on, other chunks that fail wait in retry without an
+	// event of their own, as QEMU's jobs, with one request in flight,
+	// report one error at a time. mu
+	stopped bool
+	erring  bool // a chunk's error is being handled; mu
 }
 
 type chunk struct{ off, n int64 }
@@ -109,6 +115,7 @@ func (c *Copy) dispatch(ctx context.Context, st *copyState) error {
 			pending = append(st.retry, pending...)
 			st.retry = nil
 		}
+		st.stopped = false
 		st.mu.Unlock()
 		if len(pending) == 0 {
 			if off >= c.End {
@@ -159,16 +166,35 @@ func (c *Copy) copyChunk(ctx context.Context, st *copyState, ch chunk, buf []byt
 		c.progress(ch.n)
 		return
 	}
-	switch c.Job.IOError(err, isRead(err)) {
-	case ActionReport:
-		st.fail(err)
-	case ActionIgnore:
-		st.ignore(err)
-		c.progress(ch.n)
-	case ActionStop:
-		st.mu.Lock()
+	// One error event at a time: while another chunk's error is being
+	// handled, this one is retried after it (or dropped if the job ends).
+	st.mu.Lock()
+	if st.fatal != nil || st.stopped || st.erring {
 		st.retry = append(st.retry, ch)
 		st.mu.Unlock()
+		return
+	}
+	st.erring = true
+	st.mu.Unlock()
+	action := c.Job.IOError(err, isRead(err))
+	st.mu.Lock()
+	st.erring = false
+	switch action {
+	case ActionReport:
+		if st.fatal == nil {
+			st.fatal = err
+		}
+	case ActionIgnore:
+		if st.ignored == nil {
+			st.ignored = err
+		}
+	case ActionStop:
+		st.stopped = true
+		st.retry = append(st.retry, ch)
+	}
+	st.mu.Unlock()
+	if action == ActionIgnore {
+		c.progress(ch.n)
 	}
 }
 

@@ -78,6 +78,9 @@ type Options struct {
 	// OnTargetError, if set, is the policy for failed writes (a mirror's
 	// on-target-error); OnError then covers reads only.
 	OnTargetError OnError
+	// Group, if set, makes the job succeed or fail with the other jobs
+	// of the group (a transaction's completion-mode "grouped").
+	Group *Group
 	// StartDrained starts the job inside a drained section, as qsd starts
 	// a job that a transaction creates (blockdev-backup): it is paused at
 	// its first pause point and resumed before Start returns, so that
@@ -196,10 +199,27 @@ func (j *Job) run() {
 	if err != nil {
 		j.failLocked(err)
 		j.mu.Unlock()
+		if g := j.opts.Group; g != nil {
+			g.failed(j)
+		}
 		j.abort()
 		return
 	}
 	j.moveLocked(Waiting)
+	if g := j.opts.Group; g != nil {
+		j.signalStartedLocked()
+		j.mu.Unlock()
+		ok := g.succeeded()
+		j.mu.Lock()
+		if !ok {
+			// Another job of the group failed: this one is cancelled.
+			j.cancelled, j.force = true, true
+			j.failLocked(ErrCancelled)
+			j.mu.Unlock()
+			j.abort()
+			return
+		}
+	}
 	j.moveLocked(Pending)
 	if j.opts.AutoFinalize && j.cancelled && j.force {
 		// Cancelled between the end of Run and finalizing: still aborts.

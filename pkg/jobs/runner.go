@@ -120,6 +120,9 @@ func (r *Runner) Prepare(ctx context.Context, tx *block.Txn, id, typ string, bod
 		r.abandon(j)
 		return nil, err
 	}
+	if opts.Group != nil {
+		opts.Group.add(j)
+	}
 	tx.OnUndo(func() { r.takeBack(j) })
 	tx.OnStarted(func() { r.launch(j) })
 	return j, nil
@@ -141,6 +144,9 @@ func (r *Runner) abandon(j *Job) {
 // takeBack ends a created job whose transaction failed after it was
 // made: qsd cancels it, so it passes through aborting and concluded.
 func (r *Runner) takeBack(j *Job) {
+	if g := j.opts.Group; g != nil {
+		g.remove(j)
+	}
 	j.mu.Lock()
 	j.roots = nil
 	j.moveLocked(Aborting)

@@ -163,3 +163,47 @@ func TestBackupFrozenBitmap(t *testing.T) {
 	d.DelExport("exp0")
 	d.Quit()
 }
+
+// TestBackupTransactionGrouped: with completion-mode grouped, two
+// backups finish together; when one fails, the other is cancelled and
+// both abort, with qsd's events.
+func TestBackupTransactionGrouped(t *testing.T) {
+	d := start(t)
+	backupSource(t, d)
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", d.Path("tgt2.qcow2"), "64M")
+	addQcow2(d, "tgt2", "tgt2.qcow2", nil)
+	mkRaw(t, d.Path("bad.raw"), "64M")
+	d.Cmd("blockdev-add", map[string]any{"driver": "raw", "node-name": "bad", "file": map[string]any{
+		"driver": "blkdebug", "image": map[string]any{"driver": "file", "filename": d.Path("bad.raw")},
+		"inject-error": []any{map[string]any{"event": "write_aio", "errno": 5}}}})
+	grouped := map[string]any{"completion-mode": "grouped"}
+	backup := func(id, target string, extra ...any) map[string]any {
+		data := map[string]any{"job-id": id, "device": "src", "target": target, "sync": "full"}
+		for i := 0; i+1 < len(extra); i += 2 {
+			data[extra[i].(string)] = extra[i+1]
+		}
+		return map[string]any{"type": "blockdev-backup", "data": data}
+	}
+	d.ClearHistory()
+	d.Cmd("transaction", map[string]any{"properties": grouped, "actions": []any{backup("a", "tgt"), backup("b", "tgt2")}})
+	waitStatus(t, d, "a", "null")
+	waitStatus(t, d, "b", "null")
+	for _, id := range []string{"a", "b"} {
+		wantEvents(t, d, id, "created", "running", "paused", "running", "waiting", "pending", "BLOCK_JOB_COMPLETED", "concluded", "null")
+	}
+	// A target that fails: the other, slow job is cancelled.
+	d.ClearHistory()
+	d.Cmd("transaction", map[string]any{"properties": grouped, "actions": []any{backup("slow", "tgt2", "speed", 1<<20), backup("bad", "bad")}})
+	waitStatus(t, d, "slow", "null")
+	waitStatus(t, d, "bad", "null")
+	wantEvents(t, d, "bad", "created", "running", "paused", "running", "BLOCK_JOB_ERROR", "aborting", "BLOCK_JOB_COMPLETED", "concluded", "null")
+	got := strings.ReplaceAll(strings.Join(jobEvents(d.History(), "slow"), ","), "paused,running,", "")
+	if want := "created,running,aborting,BLOCK_JOB_CANCELLED,concluded,null"; got != want {
+		t.Errorf("events of job slow: got %s, want %s", got, want)
+	}
+	if e := eventsOf(d.History(), "BLOCK_JOB_COMPLETED", "bad"); len(e) != 1 || e[0].Data["error"] != "Input/output error" {
+		t.Errorf("BLOCK_JOB_COMPLETED of bad: %v", e)
+	}
+	d.Quit()
+	run(t, "qemu-img", "compare", d.Path("tgt.qcow2"), d.Path("src.qcow2"))
+}
