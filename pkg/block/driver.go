@@ -32,6 +32,13 @@ const (
 	// FlagWriteUnchanged: the write does not change what a reader sees
 	// (copy-on-read, stream); it needs only PermWriteUnchanged.
 	FlagWriteUnchanged
+	// FlagCompressed: WriteAt stores the data compressed (QEMU's
+	// BDRV_REQ_WRITE_COMPRESSED). Only nodes whose Caps say Compressed
+	// take it; the gate refuses it elsewhere with ErrNotSupported. The
+	// driver sets the rules: qcow2 takes whole clusters at cluster-aligned
+	// offsets (the last one may be short at the end of the image), only
+	// into clusters that hold no data yet.
+	FlagCompressed
 )
 
 // Limits are a node's constraints on requests. Zero values mean "none".
@@ -54,7 +61,10 @@ type Caps struct {
 	Discard     bool // Discard can deallocate
 	FUA         bool // WriteAt honours FlagFUA itself; else the gate flushes after
 	BlockStatus bool // BlockStatus reports real allocation; else all data
-	Limits      Limits
+	// Compressed: WriteAt takes FlagCompressed (the node itself, or the
+	// node a filter passes it to).
+	Compressed bool
+	Limits     Limits
 }
 
 // Status describes an extent for BlockStatus.

@@ -141,6 +141,10 @@ func (c *Child) WriteAt(ctx context.Context, p []byte, off int64, f Flags) error
 		n.Stats.InvalidWr.Add(1)
 		return err
 	}
+	if f&FlagCompressed != 0 && !n.Caps().Compressed {
+		n.Stats.FailedWr.Add(1)
+		return fmt.Errorf("node '%s' cannot write compressed data: %w", n.name, ErrNotSupported)
+	}
 	n.checkWriteThreshold(off, int64(len(p)))
 	err := n.writeAtEvents(ctx, p, off, f)
 	if err != nil {
@@ -192,7 +196,7 @@ func (n *Node) writeAt(ctx context.Context, p []byte, off int64, f Flags) error 
 		return nil
 	}
 	if dz := n.common.DetectZeroes; dz != "" && dz != DetectZeroesOff && isZero(p) {
-		zf := f &^ FlagWriteUnchanged
+		zf := f &^ (FlagWriteUnchanged | FlagCompressed)
 		if dz == DetectZeroesUnmap {
 			zf |= FlagMayUnmap
 		}
@@ -334,7 +338,7 @@ func (n *Node) zero(ctx context.Context, off, length int64, f Flags) error {
 }
 
 func (n *Node) writeZeroes(ctx context.Context, off, length int64, f Flags) error {
-	f &^= FlagMayUnmap | FlagNoFallback
+	f &^= FlagMayUnmap | FlagNoFallback | FlagCompressed
 	for length > 0 {
 		k := min(length, int64(len(zeroBuf)))
 		if err := n.writeRaw(ctx, zeroBuf[:k], off, f); err != nil {

@@ -5,8 +5,10 @@ import (
 	"compress/flate"
 	"errors"
 	"io"
+	"runtime"
 	"sync"
 
+	kflate "github.com/klauspost/compress/flate"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -68,4 +70,82 @@ func decompress(typ uint8, src, dst []byte) error {
 		return err
 	}
 	return errors.New("unknown compression type")
+}
+
+// Compressed writes make the same formats: raw deflate limited to a
+// 4 KiB window (qemu inflates with a window of 2^12 bytes, so a longer
+// match distance would not decompress there), or one zstd frame.
+
+// deflateWindow is the window qemu's zlib streams use.
+const deflateWindow = 4096
+
+var deflatePool sync.Pool // *kflate.Writer
+
+var (
+	zstdEncOnce sync.Once
+	zstdEnc     *zstd.Encoder
+	zstdEncErr  error
+)
+
+// errFull says the compressed data would not be smaller than dst.
+var errFull = errors.New("compressed data does not fit")
+
+// fixedBuf is an io.Writer into a fixed slice that fails when full.
+type fixedBuf struct {
+	b []byte
+	n int
+}
+
+func (w *fixedBuf) Write(p []byte) (int, error) {
+	if len(p) > len(w.b)-w.n {
+		return 0, errFull
+	}
+	w.n += copy(w.b[w.n:], p)
+	return len(p), nil
+}
+
+// compress compresses src (one cluster) into dst and returns the length
+// of the compressed data, or ok=false when it does not fit into dst: the
+// caller then writes the cluster uncompressed.
+func compress(typ uint8, src, dst []byte) (n int, ok bool, err error) {
+	switch typ {
+	case compressionZlib:
+		out := &fixedBuf{b: dst}
+		w, _ := deflatePool.Get().(*kflate.Writer)
+		if w == nil {
+			if w, err = kflate.NewWriterWindow(out, deflateWindow); err != nil {
+				return 0, false, err
+			}
+		} else {
+			w.Reset(out)
+		}
+		_, err = w.Write(src)
+		if err == nil {
+			err = w.Close()
+		}
+		deflatePool.Put(w)
+		switch {
+		case errors.Is(err, errFull):
+			return 0, false, nil
+		case err != nil:
+			return 0, false, err
+		}
+		return out.n, true, nil
+	case compressionZstd:
+		zstdEncOnce.Do(func() {
+			zstdEnc, zstdEncErr = zstd.NewWriter(nil,
+				zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)),
+				zstd.WithLowerEncoderMem(true))
+		})
+		if zstdEncErr != nil {
+			return 0, false, zstdEncErr
+		}
+		out := zstdEnc.EncodeAll(src, dst[:0:len(dst)])
+		if len(out) > len(dst) || &out[0] != &dst[0] {
+			// EncodeAll grew a new slice: it did not fit.
+			return 0, false, nil
+		}
+		return len(out), true, nil
+	}
+	return 0, false, errors.New("unknown compression type")
 }

@@ -118,6 +118,9 @@ func (q *image) WriteAt(ctx context.Context, p []byte, off int64, f block.Flags)
 	}
 	q.ioGate.RLock()
 	defer q.ioGate.RUnlock()
+	if f&block.FlagCompressed != 0 {
+		return q.writeCompressed(ctx, p, off)
+	}
 	return q.write(ctx, p, off)
 }
 

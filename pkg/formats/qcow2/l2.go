@@ -104,6 +104,12 @@ func (q *image) decode(w0, w1 uint64) (s cstate, problem string) {
 
 // encode builds the L2 entry words of a state.
 func (q *image) encode(s cstate) (w0, w1 uint64) {
+	if s.typ == ctCompressed {
+		// The size field holds the sectors the data touches, minus one;
+		// the entry never has the COPIED flag, nor subcluster bits.
+		nsec := uint64((s.host+s.csize-1)/512 - s.host/512)
+		return oflagCompressed | uint64(s.host)&q.coffsetMask | nsec<<q.csizeShift, 0
+	}
 	if q.extL2 {
 		w0 = uint64(s.host)
 		if s.host != 0 && s.copied {

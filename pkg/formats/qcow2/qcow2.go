@@ -70,7 +70,8 @@ type image struct {
 	topCluster  int64 // no cluster above it has a nonzero refcount
 	busy        map[int64]chan struct{}
 	pending     []pendingFree
-	dirtyMarked bool // this instance set the dirty bit (lazy refcounts)
+	dirtyMarked bool  // this instance set the dirty bit (lazy refcounts)
+	freeByte    int64 // compressed data: the next free byte in a partly used host cluster (0: none)
 	l2Set       map[int64]struct{}
 	rbSet       map[int64]struct{}
 	spans       []span // other metadata: header, L1, refcount table, snapshots, bitmaps
@@ -636,6 +637,7 @@ func (q *image) Caps() block.Caps {
 		Zero:        q.version >= 3,
 		Discard:     true,
 		BlockStatus: true,
+		Compressed:  true,
 		Limits:      block.Limits{RequestAlign: 1, OptimalTransfer: q.clusterSize},
 	}
 }

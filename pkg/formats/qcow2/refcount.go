@@ -406,6 +406,9 @@ func (q *image) decrefLocked(ctx context.Context, c int64, kind freeKind) error 
 	if rc == 1 {
 		off := c << q.clusterBits
 		q.freeHint = min(q.freeHint, c)
+		if q.freeByte>>q.clusterBits == c {
+			q.freeByte = 0 // no more compressed data packed into it
+		}
 		if _, ok := q.l2Set[off]; ok {
 			delete(q.l2Set, off)
 			q.l2c.dropRange(off, q.clusterSize)

@@ -195,6 +195,7 @@ func (q *image) countBitmapsLocked(ctx context.Context, addRange func(off, n int
 // rebuildRefcountsLocked rebuilds the refcount structures (see above) and
 // fixes the COPIED flags of the active tables.
 func (q *image) rebuildRefcountsLocked(ctx context.Context) error {
+	q.freeByte = 0
 	rc, err := q.countRefsLocked(ctx)
 	if err != nil {
 		return err

@@ -427,6 +427,7 @@ func (m *metaTxn) switchTo(ctx context.Context, v newVersion, reftable []uint64,
 	h.rtOffset, h.rtClusters = uint64(rtOff), uint32(rtClusters)
 	h.nbSnapshots, h.snapshotsOffset = uint32(len(v.snapshots)), uint64(tblOff)
 	q.l1, q.reftable, q.snapshots, q.snapBytes = v.l1, reftable, v.snapshots, tblLen
+	q.freeByte = 0 // start compressed data in a new cluster
 	for _, c := range m.freed {
 		off := c << q.clusterBits
 		q.l2c.dropRange(off, q.clusterSize)

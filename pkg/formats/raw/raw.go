@@ -67,6 +67,7 @@ func open(ctx context.Context, o *block.Opener, opts *Options) (block.Impl, erro
 func (d *raw) Caps() block.Caps {
 	c := d.file.Node().Caps()
 	c.Limits.OptimalTransfer = 0
+	c.Compressed = false // as QEMU's raw: it has no compressed writes
 	return c
 }
 
