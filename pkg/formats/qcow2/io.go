@@ -240,6 +240,7 @@ type allocWrite struct {
 	news   []cstate
 	done   chan struct{}
 	bufOld []byte // decompressed old cluster, when one is needed
+	oldIdx int    // which of old bufOld holds
 }
 
 // allocateLocked reserves host clusters for a write starting in cluster
@@ -491,12 +492,17 @@ func (w *allocWrite) readOld(ctx context.Context, i int, pc piece, buf []byte) e
 			return q.ioError("read", err)
 		}
 	case subCompressed:
-		if w.bufOld == nil {
-			w.bufOld = make([]byte, q.clusterSize)
+		// The head and the tail of a write may fall into two different
+		// compressed clusters.
+		if w.bufOld == nil || w.oldIdx != i {
+			if w.bufOld == nil {
+				w.bufOld = make([]byte, q.clusterSize)
+			}
 			if err := q.readCompressed(ctx, w.bufOld, o.host, o.csize); err != nil {
 				w.bufOld = nil
 				return err
 			}
+			w.oldIdx = i
 		}
 		copy(buf, w.bufOld[pc.a:pc.b])
 	}

@@ -261,3 +261,66 @@ func TestCompressedWriteRefused(t *testing.T) {
 	}
 	closeImage(t, g, r, "r")
 }
+
+// Random writes, zeroes, discards and compressed writes agree with a
+// model, on every L2 and refcount layout.
+func TestCompressedRandomOps(t *testing.T) {
+	for _, opts := range []string{"cluster_size=4096", "extended_l2=on,refcount_bits=8", "compat=0.10,cluster_size=16384", "compression_type=zstd,lazy_refcounts=on"} {
+		t.Run(opts, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			img := filepath.Join(t.TempDir(), "c.qcow2")
+			const size = 16 << 20
+			qemuImg(t, "create", "-q", "-f", "qcow2", "-o", opts, img, strconv.Itoa(size))
+			g := newGraph()
+			n, r := openImage(t, g, "q", img, nil)
+			cs := n.Caps().Limits.OptimalTransfer
+			m := &model{data: make([]byte, size), cluster: cs, discardZeroes: true}
+			rng := rand.New(rand.NewPCG(uint64(len(opts)), 5))
+			for i := 0; i < 600; i++ {
+				if rng.IntN(3) > 0 {
+					randomOps(t, r, m, rng, 1, 256<<10)
+					continue
+				}
+				off := rng.Int64N(size) &^ (cs - 1)
+				l := min(cs*(1+rng.Int64N(4)), size-off)
+				if err := r.Zero(ctx, off, l, block.FlagMayUnmap); err != nil {
+					t.Fatal(err)
+				}
+				if err := r.Discard(ctx, off, l); err != nil { // v2 wrote zeroes
+					t.Fatal(err)
+				}
+				p := compressible(rng.Uint64(), int(l))
+				if err := r.WriteAt(ctx, p, off, block.FlagCompressed); err != nil {
+					t.Fatalf("op %d: compressed write %d+%d: %v", i, off, l, err)
+				}
+				m.write(off, p)
+				if got := readAll(t, r); !bytes.Equal(got, m.data) {
+					t.Fatalf("op %d (compressed %d+%d): %s", i, off, l, firstDiff(got, m.data))
+				}
+			}
+			closeImage(t, g, r, "q")
+			checkStats(t, img)
+			if got := rawContents(t, img); !bytes.Equal(got, m.data) {
+				t.Fatalf("qemu-img convert: %s", firstDiff(got, m.data))
+			}
+		})
+	}
+}
+
+// A write from the middle of one compressed cluster to the middle of the
+// next keeps the head of the first and the tail of the second (each
+// cluster decompressed for its own part).
+func TestWriteAcrossCompressedClusters(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "c.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", img, "1M")
+	qemuIO(t, img, "write -c -P 0x11 0 64k", "write -c -P 0x22 64k 64k")
+	g := newGraph()
+	_, r := openImage(t, g, "q", img, nil)
+	if err := r.WriteAt(context.Background(), bytes.Repeat([]byte{0x33}, 64<<10), 32<<10, 0); err != nil {
+		t.Fatal(err)
+	}
+	closeImage(t, g, r, "q")
+	qemuCheck(t, img, false)
+	qemuIO(t, img, "read -P 0x11 0 32k", "read -P 0x33 32k 64k", "read -P 0x22 96k 32k")
+}
