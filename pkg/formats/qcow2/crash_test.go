@@ -20,7 +20,8 @@ import (
 
 // The crash test runs a child process (this test binary, TestCrashChild)
 // that writes into an image in a loop and logs every request before it
-// issues it ("W off len seed", "Z off len", "D off len") and every
+// issues it ("W off len seed", "C off len seed" for compressed data,
+// "Z off len", "D off len") and every
 // completed flush ("F"). The parent kills it with SIGKILL at a random
 // moment, checks the image with qemu-img (leaks allowed), and verifies
 // that every byte written before the last logged flush reads back; bytes
@@ -52,10 +53,11 @@ func TestCrashChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := newGraph()
-	_, r := openImage(t, g, "q", path, extra)
+	n, r := openImage(t, g, "q", path, extra)
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(seed, 3))
 	size := r.Size()
+	cs := n.Caps().Limits.OptimalTransfer
 	logf := func(format string, a ...any) {
 		if _, err := fmt.Fprintf(log, format+"\n", a...); err != nil {
 			t.Fatal(err)
@@ -70,6 +72,20 @@ func TestCrashChild(t *testing.T) {
 			l = min((l+4095)&^4095, size-off)
 		}
 		switch op := rng.IntN(20); {
+		case op < 2:
+			// Compressed clusters go only where no data is: zero the
+			// range first (with unmap, which drops the host clusters).
+			off &^= cs - 1
+			l = min(cs*(1+rng.Int64N(4)), size-off)
+			s := rng.Uint64()
+			logf("Z %d %d", off, l)
+			if err := r.Zero(ctx, off, l, block.FlagMayUnmap); err != nil {
+				t.Fatal(err)
+			}
+			logf("C %d %d %d", off, l, s)
+			if err := r.WriteAt(ctx, compressible(s, int(l)), off, block.FlagCompressed); err != nil {
+				t.Fatal(err)
+			}
 		case op < 15:
 			s := rng.Uint64()
 			logf("W %d %d %d", off, l, s)
@@ -129,7 +145,7 @@ func readCrashLog(t *testing.T, path string) (committed, maybe []crashOp) {
 		op.kind = fs[0][0]
 		op.off, _ = strconv.ParseInt(fs[1], 10, 64)
 		op.n, _ = strconv.ParseInt(fs[2], 10, 64)
-		if op.kind == 'W' {
+		if op.kind == 'W' || op.kind == 'C' {
 			if len(fs) < 4 {
 				op.n = -1 // torn: treat the whole rest as unknown below
 			} else {
@@ -234,6 +250,8 @@ func applyCrashOp(m *model, op crashOp) {
 	switch op.kind {
 	case 'W':
 		m.write(op.off, pattern(op.seed, int(op.n)))
+	case 'C':
+		m.write(op.off, compressible(op.seed, int(op.n)))
 	case 'Z':
 		m.zero(op.off, op.n)
 	case 'D':
