@@ -23,6 +23,10 @@ type MemOptions struct {
 	MaxTransfer int64 `json:"max-transfer,omitempty"`
 	// Pattern, when set, fills the node with this byte at open.
 	Pattern byte `json:"pattern,omitempty"`
+	// Compressed, when set, is a cluster size: the node takes
+	// block.FlagCompressed writes of whole clusters (stored plain, and
+	// counted), as qcow2 does.
+	Compressed int64 `json:"compressed,omitempty"`
 }
 
 // Mem is an in-memory protocol node that tracks which 512-byte sectors
@@ -33,8 +37,9 @@ type Mem struct {
 	alloc []bool // per sector
 	opts  MemOptions
 
-	// Reads and Writes count the requests the driver saw.
-	Reads, Writes int
+	// Reads and Writes count the requests the driver saw;
+	// CompressedWrites the writes with block.FlagCompressed.
+	Reads, Writes, CompressedWrites int
 	// WritingBehind is how many users turned write-behind on and not
 	// off again (block.WriteBehinder).
 	WritingBehind int
@@ -67,8 +72,8 @@ func openMem(ctx context.Context, o *block.Opener, opts *MemOptions) (block.Impl
 }
 
 func (m *Mem) Caps() block.Caps {
-	return block.Caps{Zero: true, Discard: true, BlockStatus: true,
-		Limits: block.Limits{RequestAlign: m.opts.Align, MaxTransfer: m.opts.MaxTransfer}}
+	return block.Caps{Zero: true, Discard: true, BlockStatus: true, Compressed: m.opts.Compressed > 0,
+		Limits: block.Limits{RequestAlign: m.opts.Align, MaxTransfer: m.opts.MaxTransfer, OptimalTransfer: m.opts.Compressed}}
 }
 
 func (m *Mem) Size(ctx context.Context) (int64, error) {
@@ -113,6 +118,13 @@ func (m *Mem) WriteAt(ctx context.Context, p []byte, off int64, f block.Flags) e
 	m.check(off, int64(len(p)))
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if f&block.FlagCompressed != 0 {
+		c := m.opts.Compressed
+		if off%c != 0 || (int64(len(p))%c != 0 && off+int64(len(p)) < int64(len(m.data))) {
+			return block.Errorf(block.ErrInvalid, "compressed write of %d bytes at %d: not whole clusters", len(p), off)
+		}
+		m.CompressedWrites++
+	}
 	m.Writes++
 	m.grow(off + int64(len(p)))
 	copy(m.data[off:], p)

@@ -191,10 +191,10 @@ func checkNodes(a Args, src, tgt *block.Node) error {
 	if src == tgt {
 		return errors.New("Source and target cannot be the same")
 	}
-	if a.Compress {
+	if a.Compress && !block.SkipFilters(tgt).Caps().Compressed {
 		// compat(qsd-7.2): qsd names the target's device, which is ""
-		// for every node of a storage daemon. No blockd driver writes
-		// compressed clusters yet.
+		// for every node of a storage daemon. Like qsd, it asks the
+		// first node below the target's filters.
 		return errors.New("Compression is not supported for this drive ")
 	}
 	if err := src.Blocked(block.OpBackupSource); err != nil {
@@ -231,6 +231,7 @@ func (b *Backup) insertFilter(ctx context.Context, tx *block.Txn, src, tgt *bloc
 		return err
 	}
 	b.bc, _ = copyOf(b.filter)
+	b.bc.compress.Store(b.a.Compress)
 	return nil
 }
 

@@ -174,3 +174,30 @@ func TestBackupBitmapModes(t *testing.T) {
 		})
 	}
 }
+
+// TestBackupCompress: with compress the job writes the data compressed
+// (whole clusters of the target) and zeroes as zeroes; a target that
+// cannot compress is refused with qsd's message.
+func TestBackupCompress(t *testing.T) {
+	g, _, start := fixture(t)
+	blocktest.Open(t, g, `{"driver":"blocktest-mem","node-name":"ctgt","size":8388608,"compressed":131072}`)
+	r := jobs.NewRunner(g, discard{}, nil, nil)
+	_, err := r.Start(context.Background(), "no", "backup", backup.New(backup.Args{Device: "src", Target: "tgt", Sync: backup.SyncFull, Compress: true}),
+		jobs.Options{BlockJob: true, AutoFinalize: true, AutoDismiss: true, StartDrained: true})
+	if err == nil || err.Error() != "Compression is not supported for this drive " {
+		t.Fatalf("compressed backup to a target without compressed writes: %v", err)
+	}
+	j := startBackup(t, r, "b", backup.Args{Device: "src", Target: "ctgt", Sync: backup.SyncFull, Compress: true}, 0)
+	j.Wait()
+	r.Close()
+	if err := j.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got := readNode(t, g, "ctgt"); !bytes.Equal(got, start) {
+		t.Fatal("target differs from the source")
+	}
+	m := g.Lookup("ctgt").Impl().(*blocktest.Mem)
+	if m.CompressedWrites == 0 || m.CompressedWrites != m.Writes {
+		t.Fatalf("%d compressed writes of %d", m.CompressedWrites, m.Writes)
+	}
+}

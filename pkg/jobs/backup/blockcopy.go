@@ -37,6 +37,9 @@ type blockCopy struct {
 	// copied, if set, is told how many bytes reached the target (the
 	// job's progress).
 	copied atomic.Pointer[func(int64)]
+	// compress makes the data writes compressed (backup compress=true);
+	// zeroes are still written as zeroes.
+	compress atomic.Bool
 }
 
 // newBlockCopy prepares copying source to target, everything dirty.
@@ -136,9 +139,17 @@ func (b *blockCopy) copyPiece(ctx context.Context, off, n int64, buf []byte) (in
 	if err != nil {
 		return 0, err
 	}
+	compress := b.compress.Load()
 	if st.Zero {
 		l := min(st.Len, n)
-		return l, wrapWrite(b.target.Zero(ctx, off, l, 0))
+		if compress && off+l < b.size {
+			// Compressed writes take whole clusters: what follows a
+			// zero run must start at a cluster boundary.
+			l -= l % b.cluster
+		}
+		if l > 0 {
+			return l, wrapWrite(b.target.Zero(ctx, off, l, 0))
+		}
 	}
 	p := buf[:n]
 	if err := b.source.ReadAt(ctx, p, off, 0); err != nil {
@@ -147,7 +158,11 @@ func (b *blockCopy) copyPiece(ctx context.Context, off, n int64, buf []byte) (in
 	if block.IsZero(p) {
 		return n, wrapWrite(b.target.Zero(ctx, off, n, 0))
 	}
-	return n, wrapWrite(b.target.WriteAt(ctx, p, off, 0))
+	var fl block.Flags
+	if compress {
+		fl = block.FlagCompressed
+	}
+	return n, wrapWrite(b.target.WriteAt(ctx, p, off, fl))
 }
 
 func wrapWrite(err error) error {
