@@ -63,6 +63,7 @@ func TestDependencies(t *testing.T) {
 		{"pkg/filters/cor", []string{"pkg/block", "pkg/filters/internal"}},
 		{"pkg/filters/blkdebug", []string{"pkg/block", "pkg/filters/internal"}},
 		{"pkg/filters/quorum", []string{"pkg/block", "pkg/filters/internal"}},
+		{"pkg/filters/compress", []string{"pkg/block"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.pkg, func(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"os"
+	"strings"
 	"testing"
 )
 
@@ -103,4 +104,48 @@ func TestBackupCompress(t *testing.T) {
 	if err := json.Unmarshal([]byte(run(t, "qemu-img", "info", "--output=json", d.Path("zstd.qcow2"))), &info); err != nil || info.Spec.Data.Type != "zstd" {
 		t.Errorf("zstd.qcow2: compression type %q (%v)", info.Spec.Data.Type, err)
 	}
+}
+
+// TestCompressFilter: the compress filter turns every write into a
+// compressed one (a partial cluster written whole), a rewrite of a
+// cluster fails with EIO, and it cannot be put over a node that does not
+// write compressed data.
+func TestCompressFilter(t *testing.T) {
+	d := start(t)
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", d.Path("c.qcow2"), "4M")
+	run(t, "qemu-img", "create", "-q", "-f", "raw", d.Path("c.raw"), "4M")
+	addQcow2(d, "img", "c.qcow2", nil)
+	d.Cmd("blockdev-add", map[string]any{"driver": "raw", "node-name": "raw",
+		"file": map[string]any{"driver": "file", "filename": d.Path("c.raw"), "node-name": "raw-file"}})
+	before := edges(d)
+	d.MustFail("blockdev-add", map[string]any{"driver": "compress", "node-name": "c1", "file": "raw"},
+		"GenericError", "Compression is not supported for underlying format: raw")
+	d.MustFail("blockdev-add", map[string]any{"driver": "compress", "node-name": "c1", "file": "raw-file"},
+		"GenericError", "Compression is not supported for underlying format: file")
+	if after := edges(d); len(after) != len(before) {
+		t.Errorf("graph changed by refused blockdev-adds:\n%v\n%v", before, after)
+	}
+	d.Cmd("blockdev-add", map[string]any{"driver": "compress", "node-name": "cmp", "file": "img"})
+	if n := namedNodes(d, true)["cmp"]; n.Drv != "compress" {
+		t.Errorf("query-named-block-nodes: cmp is %+v", n)
+	}
+	sock := startNBD(d)
+	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "exp0", "node-name": "cmp", "writable": true})
+	uri := nbdURI(sock, "cmp")
+	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x33 0 1M", "-c", "write -P 0x44 1049088 1000", uri)
+	out, _ := runErr("qemu-io", "-f", "raw", "-c", "write -P 0x55 0 64k", uri)
+	if !strings.Contains(out, "Input/output error") {
+		t.Errorf("rewriting a compressed cluster: %s", out)
+	}
+	run(t, "qemu-io", "-f", "raw", "-c", "read -P 0x33 0 1M", "-c", "read -P 0 1M 512", "-c", "read -P 0x44 1049088 1000", uri)
+	d.DelExport("exp0")
+	d.Quit()
+	var st map[string]any
+	if err := json.Unmarshal([]byte(run(t, "qemu-img", "check", "--output=json", d.Path("c.qcow2"))), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st["compressed-clusters"] != float64(17) || st["allocated-clusters"] != float64(17) {
+		t.Errorf("qemu-img check: %v", st)
+	}
+	run(t, "qemu-io", "-r", "-f", "qcow2", "-c", "read -P 0x33 0 1M", "-c", "read -P 0x44 1049088 1000", "-c", "read -P 0 1050088 3144216", d.Path("c.qcow2"))
 }
