@@ -70,6 +70,12 @@
 //     one write of the header that names the new backing, which is
 //     flushed too; the extension area is rebuilt from the cluster on
 //     disk, so extensions of other tools survive.
+//   - Compressed writes (block.FlagCompressed; wcompressed.go): whole
+//     clusters into clusters without host data, compressed data packed
+//     byte-wise into host clusters, each touched host cluster gaining a
+//     reference. The refcounts change in the cache first, the data is
+//     written, then the L2 entry changes in the cache; the cache writes
+//     the refcount blocks and flushes before any L2 slice.
 //   - Internal snapshots (create, delete): the refcounts, the COPIED flags
 //     of the active tables and the snapshot table must change together,
 //     since qemu-img check counts any disagreement of a COPIED flag with
