@@ -58,6 +58,14 @@ var cases = []jobCase{
 		images: chain, target: true, command: "blockdev-mirror", args: map[string]any{"device": "top", "target": "target", "sync": "full"},
 		until: "BLOCK_JOB_READY", copied: allocatedIn("top", 0, 2),
 		checks: []imageCheck{{"target", "", "top"}}},
+	{name: "backup-text", about: "blockdev-backup sync=full of a half-allocated image of compressible data into a new qcow2",
+		images: []string{"text"}, target: true, command: "blockdev-backup", args: map[string]any{"device": "text", "target": "target", "sync": "full"},
+		until: "BLOCK_JOB_COMPLETED", copied: allocatedIn("text", 0, 0),
+		checks: []imageCheck{{"target", "", "text"}}},
+	{name: "backup-compress", about: "the same backup with compress=true (zlib)",
+		images: []string{"text"}, target: true, command: "blockdev-backup", args: map[string]any{"device": "text", "target": "target", "sync": "full", "compress": true},
+		until: "BLOCK_JOB_COMPLETED", copied: allocatedIn("text", 0, 0),
+		checks: []imageCheck{{"target", "", "text"}}},
 	{name: "mirror-sparse", about: "blockdev-mirror sync=full of a 10%-allocated image into a new qcow2, to READY, then completed",
 		images: []string{"sparse"}, target: true, command: "blockdev-mirror", args: map[string]any{"device": "sparse", "target": "target", "sync": "full"},
 		until: "BLOCK_JOB_READY", copied: allocatedIn("sparse", 0, 0),
@@ -81,9 +89,10 @@ func allocatedIn(img string, lo, hi int) func(orig string) int64 {
 
 // measured is one run's figures: the job's seconds to its milestone, the
 // daemon's CPU seconds meanwhile and peak RSS in MiB, the seconds from
-// block-job-complete to BLOCK_JOB_COMPLETED (0 if the job ends by itself)
-// and the seconds quit took.
-type measured struct{ secs, cpu, rss, finish, quit float64 }
+// block-job-complete to BLOCK_JOB_COMPLETED (0 if the job ends by itself),
+// the seconds quit took and the size in MiB of the target image file (0
+// without a target).
+type measured struct{ secs, cpu, rss, finish, quit, target float64 }
 
 // runOnce copies the case's images, runs its job in one daemon and
 // verifies the result.
@@ -107,6 +116,9 @@ func runOnce(name, dir, orig string, c jobCase, size, warm int64) measured {
 			benchutil.MustRun("cp", "--reflink=auto", filepath.Join(orig, b+".qcow2"), bimg)
 			imgs = append(imgs, bimg)
 			create = append(create, "-b", b+".qcow2", "-F", "qcow2")
+		}
+		if *targetOpt != "" {
+			create = append(create, "-o", *targetOpt)
 		}
 		benchutil.MustRun("qemu-img", append(create, img, fmt.Sprint(size))...)
 		imgs = append(imgs, img)
@@ -146,6 +158,11 @@ func runOnce(name, dir, orig string, c jobCase, size, warm int64) measured {
 	t0 = time.Now()
 	d.quit()
 	m.quit = time.Since(t0).Seconds()
+	if c.target {
+		st, err := os.Stat(filepath.Join(run, "target.qcow2"))
+		benchutil.Check(err)
+		m.target = mib(st.Size())
+	}
 	verify(name, orig, run, c)
 	return m
 }

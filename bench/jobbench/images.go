@@ -20,6 +20,7 @@ func makeImages(dir string) int64 {
 	size := makeChain(dir)
 	makeSparse(dir, size)
 	makeIncremental(dir, size)
+	makeText(dir, size)
 	return size
 }
 
@@ -52,6 +53,28 @@ func makeIncremental(dir string, size int64) {
 		}
 	}
 	benchutil.MustRun("qemu-io", append(args, src)...)
+}
+
+// makeText builds text.qcow2: data of 4 bits of entropy a byte (it
+// compresses to a bit over half), or with -text-from the contents of the
+// files under a directory, in half of its 1 MiB blocks, holes elsewhere;
+// the source of the compressed backups.
+func makeText(dir string, size int64) {
+	pick := rand.New(rand.NewPCG(5, 6))
+	var regions []region
+	for off := int64(0); off < size; off += 1 << 20 {
+		if pick.IntN(2) == 0 {
+			regions = append(regions, region{off, min(1<<20, size-off)})
+		}
+	}
+	raw := filepath.Join(dir, "text.raw")
+	if *textFrom != "" {
+		writeFiles(raw, size, regions, *textFrom)
+	} else {
+		writeRegions(raw, size, regions, 11, true)
+	}
+	benchutil.MustRun("qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, filepath.Join(dir, "text.qcow2"))
+	os.Remove(raw)
 }
 
 // makeSparse builds sparse.qcow2: random data in a tenth of its 1 MiB
@@ -128,6 +151,12 @@ type region struct{ off, n int64 }
 // writeSparse makes a sparse file of size bytes with random data from a
 // seeded generator in the regions and holes elsewhere.
 func writeSparse(path string, size int64, regions []region, seed uint64) {
+	writeRegions(path, size, regions, seed, false)
+}
+
+// writeRegions is writeSparse, with data of 4 bits of entropy a byte
+// when low is set.
+func writeRegions(path string, size int64, regions []region, seed uint64, low bool) {
 	f, err := os.Create(path)
 	benchutil.Check(err)
 	benchutil.Check(f.Truncate(size))
@@ -139,6 +168,11 @@ func writeSparse(path string, size int64, regions []region, seed uint64) {
 		for done := int64(0); done < r.n; done += int64(len(buf)) {
 			b := buf[:min(int64(len(buf)), r.n-done)]
 			gen.Read(b)
+			if low {
+				for i := range b {
+					b[i] = 'a' + b[i]&15
+				}
+			}
 			_, err := f.WriteAt(b, r.off+done)
 			benchutil.Check(err)
 		}
@@ -204,3 +238,39 @@ func parseSize(s string) int64 {
 }
 
 func mib(n int64) float64 { return float64(n) / (1 << 20) }
+
+// writeFiles fills the regions of a sparse raw file of size bytes with
+// the contents of the regular files under root, one after another, in
+// the order filepath.Walk visits them (again from the first when they
+// run out).
+func writeFiles(path string, size int64, regions []region, root string) {
+	var data []byte
+	var need int64
+	for _, r := range regions {
+		need += r.n
+	}
+	for len(data) < int(need) {
+		before := len(data)
+		benchutil.Check(filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+			if err != nil || !fi.Mode().IsRegular() || int64(len(data)) >= need {
+				return nil
+			}
+			if b, err := os.ReadFile(p); err == nil {
+				data = append(data, b...)
+			}
+			return nil
+		}))
+		if len(data) == before {
+			panic("-text-from: no readable files under " + root)
+		}
+	}
+	f, err := os.Create(path)
+	benchutil.Check(err)
+	benchutil.Check(f.Truncate(size))
+	for _, r := range regions {
+		_, err := f.WriteAt(data[:r.n], r.off)
+		benchutil.Check(err)
+		data = data[r.n:]
+	}
+	benchutil.Check(f.Close())
+}

@@ -45,11 +45,13 @@ var (
 	prefault  = flag.String("prefault", "2G", "memory to fault in and free before each job (0: none)")
 	qsdHeap   = flag.Bool("qsd-heap", true, "run qsd with a fixed glibc mmap threshold, so its bounce buffers stay on the heap (its fast case)")
 	perfDir   = flag.String("perf", "", "record each daemon with perf record -g during the job, into DIR/<daemon>-<case>-<round>.data")
+	textFrom  = flag.String("text-from", "", "fill the compressible image (backup cases) with the files under DIR instead of 4-bit random data")
+	targetOpt = flag.String("target-o", "", "qemu-img create -o options of the target images (compression_type=zstd ...)")
 	noFlush   = flag.Bool("no-flush", false, "open the images with cache.no-flush=on in both daemons: neither makes the copy durable, so the copy engines are compared alone")
 )
 
 // result holds one daemon's figures for one case, a value per round.
-type result struct{ secs, copied, cpu, cpuGiB, rss, finish, quit, total []float64 }
+type result struct{ secs, copied, cpu, cpuGiB, rss, finish, quit, total, target []float64 }
 
 func main() {
 	flag.Parse()
@@ -107,6 +109,7 @@ func (x *result) add(m measured, copied int64) {
 	x.finish = append(x.finish, m.finish)
 	x.quit = append(x.quit, m.quit)
 	x.total = append(x.total, m.secs+m.finish+m.quit)
+	x.target = append(x.target, m.target)
 }
 
 // report prints, for every case, the medians of both daemons and their
@@ -137,6 +140,9 @@ func report(selected []jobCase, copied []int64, res map[string][]*result) {
 		}
 		row("quit to exit, s (lower)", b.quit, q.quit)
 		row("job, finish and quit, s (lower)", b.total, q.total)
+		if c.target {
+			row("target image file, MiB (lower)", b.target, q.target)
+		}
 	}
 }
 

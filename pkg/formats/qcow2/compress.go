@@ -83,7 +83,8 @@ var deflatePool sync.Pool // *kflate.Writer
 
 var (
 	zstdEncOnce sync.Once
-	zstdEnc     *zstd.Encoder
+	zstdEnc     *zstd.Encoder // the default level
+	zstdBetter  *zstd.Encoder // for what the default level does not shrink
 	zstdEncErr  error
 )
 
@@ -107,45 +108,103 @@ func (w *fixedBuf) Write(p []byte) (int, error) {
 // compress compresses src (one cluster) into dst and returns the length
 // of the compressed data, or ok=false when it does not fit into dst: the
 // caller then writes the cluster uncompressed.
+//
+// The fast encoders store a block raw when they find no matches, even
+// where entropy coding alone would halve it (data of few distinct bytes
+// without repeats). So when the first try does poorly, a second one is
+// made and the smaller kept: for zlib a Huffman-only stream (valid for
+// any window), for zstd a better level.
 func compress(typ uint8, src, dst []byte) (n int, ok bool, err error) {
 	switch typ {
 	case compressionZlib:
-		out := &fixedBuf{b: dst}
-		w, _ := deflatePool.Get().(*kflate.Writer)
-		if w == nil {
-			if w, err = kflate.NewWriterWindow(out, deflateWindow); err != nil {
-				return 0, false, err
-			}
-		} else {
-			w.Reset(out)
+		n, ok, err = deflateInto(&deflatePool, src, dst, deflateWindow)
+		if err != nil || (ok && n <= len(src)*3/4) {
+			return n, ok, err
 		}
-		_, err = w.Write(src)
-		if err == nil {
-			err = w.Close()
+		scratch := getScratch(len(dst))
+		defer putScratch(scratch)
+		n2, ok2, err := deflateInto(&huffPool, src, scratch[:len(dst)], 0)
+		if err != nil || !ok2 || (ok && n <= n2) {
+			return n, ok, err
 		}
-		deflatePool.Put(w)
-		switch {
-		case errors.Is(err, errFull):
-			return 0, false, nil
-		case err != nil:
-			return 0, false, err
-		}
-		return out.n, true, nil
+		return copy(dst, scratch[:n2]), true, nil
 	case compressionZstd:
 		zstdEncOnce.Do(func() {
 			zstdEnc, zstdEncErr = zstd.NewWriter(nil,
 				zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)),
 				zstd.WithLowerEncoderMem(true))
+			if zstdEncErr == nil {
+				zstdBetter, zstdEncErr = zstd.NewWriter(nil,
+					zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)),
+					zstd.WithLowerEncoderMem(true),
+					zstd.WithEncoderLevel(zstd.SpeedBetterCompression))
+			}
 		})
 		if zstdEncErr != nil {
 			return 0, false, zstdEncErr
 		}
-		out := zstdEnc.EncodeAll(src, dst[:0:len(dst)])
-		if len(out) > len(dst) || &out[0] != &dst[0] {
-			// EncodeAll grew a new slice: it did not fit.
+		// EncodeAll wants room for the worst case, more than dst has.
+		scratch := getScratch(len(src) + len(src)/4 + 1024)
+		defer putScratch(scratch)
+		out := zstdEnc.EncodeAll(src, scratch[:0])
+		if len(out) > len(src)*3/4 {
+			// The default level stores literals raw when it finds no
+			// matches; the better one still entropy-codes them.
+			scratch2 := getScratch(cap(scratch))
+			defer putScratch(scratch2)
+			if o2 := zstdBetter.EncodeAll(src, scratch2[:0]); len(o2) < len(out) {
+				out = o2
+			}
+		}
+		if len(out) > len(dst) {
 			return 0, false, nil
 		}
-		return len(out), true, nil
+		return copy(dst, out), true, nil
 	}
 	return 0, false, errors.New("unknown compression type")
 }
+
+var (
+	huffPool    sync.Pool // *kflate.Writer, Huffman only
+	scratchPool sync.Pool // *[]byte
+)
+
+// deflateInto compresses src into dst with a pooled writer: a window of
+// window bytes, or Huffman only (window 0).
+func deflateInto(pool *sync.Pool, src, dst []byte, window int) (int, bool, error) {
+	out := &fixedBuf{b: dst}
+	w, _ := pool.Get().(*kflate.Writer)
+	var err error
+	switch {
+	case w != nil:
+		w.Reset(out)
+	case window > 0:
+		w, err = kflate.NewWriterWindow(out, window)
+	default:
+		w, err = kflate.NewWriter(out, kflate.HuffmanOnly)
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	_, err = w.Write(src)
+	if err == nil {
+		err = w.Close()
+	}
+	pool.Put(w)
+	switch {
+	case errors.Is(err, errFull):
+		return 0, false, nil
+	case err != nil:
+		return 0, false, err
+	}
+	return out.n, true, nil
+}
+
+func getScratch(n int) []byte {
+	if p, _ := scratchPool.Get().(*[]byte); p != nil && cap(*p) >= n {
+		return (*p)[:n]
+	}
+	return make([]byte, n)
+}
+
+func putScratch(b []byte) { scratchPool.Put(&b) }
