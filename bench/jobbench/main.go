@@ -2,12 +2,14 @@
 // qemu-storage-daemon, in one run, alternating the two daemons. It builds
 // its images once, with seeded random data, and for every run gives the
 // job a fresh copy of them: a three-image qcow2 chain (base ◀ mid ◀ top)
-// a single qcow2 image with 10% of its clusters allocated, and an image
+// a single qcow2 image with 10% of its clusters allocated, an image
 // whose persistent bitmap marks 10% of it changed since its last full
-// backup. The cases (see cases.go) are block-stream, intermediate and
-// active block-commit, blockdev-mirror of the chain and of the sparse
-// image into a new qcow2, and blockdev-backup: full, of the chain, and
-// incremental, into an overlay of the last full backup.
+// backup, and a half-allocated image of compressible data (text.qcow2).
+// The cases (see cases.go) are block-stream, intermediate and active
+// block-commit, blockdev-mirror of the chain and of the sparse image into
+// a new qcow2, and blockdev-backup: full, of the chain; incremental, into
+// an overlay of the last full backup; plain and with compress=true, of
+// text.qcow2.
 //
 // Each run is timed from the job's command to its first milestone:
 // BLOCK_JOB_COMPLETED for the jobs that end by themselves, BLOCK_JOB_READY
