@@ -108,8 +108,8 @@ func TestBackupCompress(t *testing.T) {
 
 // TestCompressFilter: the compress filter turns every write into a
 // compressed one (a partial cluster written whole), a rewrite of a
-// cluster fails with EIO, and it cannot be put over a node that does not
-// write compressed data.
+// cluster fails with EIO, it cannot be put over a node that does not
+// write compressed data, and it cannot be reopened.
 func TestCompressFilter(t *testing.T) {
 	d := start(t)
 	run(t, "qemu-img", "create", "-q", "-f", "qcow2", d.Path("c.qcow2"), "4M")
@@ -128,6 +128,22 @@ func TestCompressFilter(t *testing.T) {
 	d.Cmd("blockdev-add", map[string]any{"driver": "compress", "node-name": "cmp", "file": "img"})
 	if n := namedNodes(d, true)["cmp"]; n.Drv != "compress" {
 		t.Errorf("query-named-block-nodes: cmp is %+v", n)
+	}
+	// qsd's compress driver cannot be reopened, even unchanged.
+	d.MustFail("blockdev-reopen", map[string]any{"options": []any{map[string]any{"driver": "compress", "node-name": "cmp", "file": "img"}}},
+		"GenericError", "Block format 'compress' used by node 'cmp' does not support reopening files")
+	var nodes []struct {
+		Name  string `json:"node-name"`
+		Image struct {
+			Format      string `json:"format"`
+			ClusterSize int64  `json:"cluster-size"`
+		} `json:"image"`
+	}
+	d.CmdInto("query-named-block-nodes", map[string]any{"flat": true}, &nodes)
+	for _, n := range nodes {
+		if n.Name == "cmp" && (n.Image.Format != "compress" || n.Image.ClusterSize != 65536) {
+			t.Errorf("query-named-block-nodes: cmp's image is %+v", n.Image)
+		}
 	}
 	sock := startNBD(d)
 	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "exp0", "node-name": "cmp", "writable": true})

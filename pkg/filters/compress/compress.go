@@ -26,6 +26,10 @@ func open(ctx context.Context, o *block.Opener, opts *Options) (block.Impl, erro
 	return &Filter{block.Forward{C: c}}, nil
 }
 
+// RefuseReopen implements block.ReopenRefuser: qsd's compress driver
+// has no reopen handler, so blockdev-reopen of the node fails.
+func (f *Filter) RefuseReopen() {}
+
 // Caps are the child's, aligned to its clusters.
 func (f *Filter) Caps() block.Caps {
 	c := f.C.Node().Caps()

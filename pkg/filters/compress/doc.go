@@ -22,4 +22,7 @@
 // short cluster is cut at the image's end. Reads, write-zeroes, discard,
 // flush, block status and truncate pass through; the other capabilities
 // and limits are the child's. Permissions are a filter's defaults.
+// Like qsd's, the node cannot be reopened (blockdev-reopen fails with
+// "Block format 'compress' used by node 'x' does not support reopening
+// files").
 package compress
