@@ -3,6 +3,8 @@ package qcow2
 import (
 	"context"
 	"fmt"
+	"runtime"
+	"sync"
 	"syscall"
 
 	"github.com/blockd/blockd/pkg/block"
@@ -19,6 +21,11 @@ import (
 // where no host data is yet (unallocated or zero clusters without a host
 // cluster): anything else fails with EIO, since a compressed cluster can
 // never be overwritten in place.
+//
+// The clusters of a larger request are compressed and written in
+// parallel (up to eight at once, bounded by GOMAXPROCS); on an error the
+// request fails, and clusters other than the failed one may have been
+// written, as in qemu.
 //
 // Compressed data is allocated byte by byte: consecutive compressed
 // clusters are packed into host clusters, and each host cluster counts
@@ -38,16 +45,51 @@ func (q *image) writeCompressed(ctx context.Context, p []byte, off int64) error 
 	if int64(len(p))&(q.clusterSize-1) != 0 && off+int64(len(p)) < q.size.Load() {
 		return block.Errorf(block.ErrInvalid, "qcow2 image '%s': compressed write of %d bytes at offset %d does not cover whole clusters", q.name, len(p), off)
 	}
+	if int64(len(p)) <= q.clusterSize {
+		return q.writeCompressedCluster(ctx, p, off)
+	}
+	// Clusters are compressed and written in parallel, as qemu does with
+	// its task pool: compression is what takes the time.
+	workers := min(runtime.GOMAXPROCS(0), maxCompressWorkers)
+	sem := make(chan struct{}, workers)
+	var (
+		wg    sync.WaitGroup
+		errMu sync.Mutex
+		first error
+	)
 	for len(p) > 0 {
 		n := min(int64(len(p)), q.clusterSize)
-		if err := q.writeCompressedCluster(ctx, p[:n], off); err != nil {
-			return err
+		chunk, at := p[:n], off
+		sem <- struct{}{}
+		errMu.Lock()
+		failed := first != nil
+		errMu.Unlock()
+		if failed {
+			<-sem
+			break
 		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := q.writeCompressedCluster(ctx, chunk, at); err != nil {
+				errMu.Lock()
+				if first == nil {
+					first = err
+				}
+				errMu.Unlock()
+			}
+		}()
 		p = p[n:]
 		off += n
 	}
-	return nil
+	wg.Wait()
+	return first
 }
+
+// maxCompressWorkers bounds the clusters of one request compressed at
+// once (qemu's QCOW2_MAX_WORKERS is 8).
+const maxCompressWorkers = 8
 
 // writeCompressedCluster writes one cluster (or the image's short last
 // cluster) compressed.
