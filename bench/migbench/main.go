@@ -10,11 +10,13 @@
 // block-job-complete (pivot). MiB/s are of the data the chain allocates.
 // The aim is the destination export's own sequential write rate: nbdcopy
 // of the same amount of data from a page-cached raw file into the same
-// kind of export, timed the same way, round by round. Every migration is
+// kind of export, timed the same way, round by round. -pairs also runs
+// the cross pairs (blockd:qsd, qsd:blockd), which tell the source's costs
+// from the destination's; CPU is reported for each side. Every migration is
 // checked once both daemons have exited: the destination passes
 // qemu-img check and qemu-img compare finds it equal to the chain.
 //
-//	go run ./bench/migbench [-size 1G] [-rounds 5] [-blockd bin/blockd] [-dir /dev/shm]
+//	go run ./bench/migbench [-size 1G] [-rounds 5] [-blockd bin/blockd] [-dir /dev/shm] [-pairs blockd:blockd,qsd:qsd,blockd:qsd,qsd:blockd]
 package main
 
 import (
@@ -28,6 +30,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/blockd/blockd/bench/internal/benchutil"
@@ -37,13 +40,38 @@ var (
 	sizeFlag  = flag.String("size", "1G", "virtual size of the chain")
 	rounds    = flag.Int("rounds", 5, "rounds per daemon (median reported)")
 	blockdBin = flag.String("blockd", "bin/blockd", "blockd binary")
+	blockd2   = flag.String("blockd2", "", "a second blockd binary, daemon kind blockd2 in -pairs (A/B of two builds, e.g. -pairs blockd:blockd,blockd2:blockd2)")
 	tmpDir    = flag.String("dir", "", "where the images go (default $TMPDIR; /dev/shm takes the disk out of the figures)")
 	only      = flag.String("only", "", "run one daemon kind only (blockd or qsd), for comparing builds; no ratio then")
+	pairsFlag = flag.String("pairs", "blockd:blockd,qsd:qsd", "source:destination daemon kinds to migrate between, comma-separated (blockd:qsd and qsd:blockd split the source's costs from the destination's)")
 	qsdHeap   = flag.Bool("qsd-heap", true, "run qsd with a fixed glibc mmap threshold, so its bounce buffers stay on the heap (its fast case; see jobbench)")
 )
 
+// pair is a source and a destination daemon kind.
+type pair struct{ src, dst string }
+
+func (p pair) String() string { return p.src + "→" + p.dst }
+
+func parsePairs() []pair {
+	if *only != "" {
+		return []pair{{*only, *only}}
+	}
+	var ps []pair
+	for _, s := range strings.Split(*pairsFlag, ",") {
+		src, dst, ok := strings.Cut(strings.TrimSpace(s), ":")
+		if !ok || !validKind(src) || !validKind(dst) {
+			panic(fmt.Sprintf("-pairs: %q is not source:destination with blockd or qsd on each side", s))
+		}
+		ps = append(ps, pair{src, dst})
+	}
+	return ps
+}
+
+func validKind(k string) bool { return k == "blockd" || k == "qsd" || k == "blockd2" && *blockd2 != "" }
+
 func main() {
 	flag.Parse()
+	pairs := parsePairs()
 	dir, err := os.MkdirTemp(*tmpDir, "migbench")
 	benchutil.Check(err)
 	defer os.RemoveAll(dir)
@@ -53,54 +81,76 @@ func main() {
 	makeRaw(raw, data)
 	fmt.Printf("chain: %.0f MiB allocated of %.0f MiB\n", mib(data), mib(size))
 
-	mig := map[string][]float64{}
-	aim := map[string][]float64{}
-	cpu := map[string][]float64{}
+	mig := map[pair][]float64{}
+	cpu := map[pair][]float64{}
+	cpuSrc := map[pair][]float64{}
+	cpuDst := map[pair][]float64{}
+	aim := map[string][]float64{} // by destination kind
 	for r := 0; r < *rounds; r++ {
-		order := []string{"blockd", "qsd"}
+		order := slices.Clone(pairs)
 		if r%2 == 1 {
-			order[0], order[1] = order[1], order[0]
+			slices.Reverse(order)
 		}
-		if *only != "" {
-			order = []string{*only}
+		aimed := map[string]bool{}
+		for _, p := range order {
+			secs, s, d := migrate(p, dir, r == 0)
+			mig[p] = append(mig[p], mib(data)/secs)
+			cpu[p] = append(cpu[p], s+d)
+			cpuSrc[p] = append(cpuSrc[p], s)
+			cpuDst[p] = append(cpuDst[p], d)
+			w := ""
+			if !aimed[p.dst] {
+				aimed[p.dst] = true
+				rate := writeRate(p.dst, dir, raw, data)
+				aim[p.dst] = append(aim[p.dst], rate)
+				w = fmt.Sprintf("; %s export's nbdcopy write %.0f MiB/s", p.dst, rate)
+			}
+			fmt.Printf("round %d %-13s migration %.2f s, %.0f MiB/s, CPU source %.2f s + destination %.2f s%s\n",
+				r+1, p, secs, mib(data)/secs, s, d, w)
 		}
-		for _, kind := range order {
-			secs, cpuSecs := migrate(kind, dir, r == 0)
-			mig[kind] = append(mig[kind], mib(data)/secs)
-			cpu[kind] = append(cpu[kind], cpuSecs)
-			w := writeRate(kind, dir, raw, data)
-			aim[kind] = append(aim[kind], w)
-			fmt.Printf("round %d %-6s migration %.2f s, %.0f MiB/s, CPU (both daemons) %.2f s; export's nbdcopy write %.0f MiB/s\n",
-				r+1, kind, secs, mib(data)/secs, cpuSecs, w)
-		}
-	}
-	if *only != "" {
-		fmt.Printf("\n%s: migration %.2f MiB/s, CPU %.2f s, aim %.2f MiB/s (medians of %d rounds)\n", *only,
-			benchutil.Median(mig[*only]), benchutil.Median(cpu[*only]), benchutil.Median(aim[*only]), *rounds)
-		return
 	}
 	fmt.Printf("\n%.0f MiB chain over a UNIX socket, medians of %d rounds\n", mib(data), *rounds)
-	fmt.Printf("%-46s %10s %10s %8s\n", "measure", "blockd", "qsd", "ratio")
-	row := func(name string, m map[string][]float64) {
-		b, q := benchutil.Median(m["blockd"]), benchutil.Median(m["qsd"])
-		fmt.Printf("%-46s %10.2f %10.2f %8.2f\n", name, b, q, b/q)
+	fmt.Printf("%-40s", "measure")
+	for _, p := range pairs {
+		fmt.Printf(" %13s", p)
+	}
+	ratio := len(pairs) >= 2 && pairs[0] == (pair{"blockd", "blockd"}) && pairs[1] == (pair{"qsd", "qsd"})
+	if ratio {
+		fmt.Printf(" %8s", "ratio")
+	}
+	fmt.Println()
+	row := func(name string, m map[pair][]float64) {
+		fmt.Printf("%-40s", name)
+		for _, p := range pairs {
+			fmt.Printf(" %13.2f", benchutil.Median(m[p]))
+		}
+		if ratio {
+			fmt.Printf(" %8.2f", benchutil.Median(m[pairs[0]])/benchutil.Median(m[pairs[1]]))
+		}
+		fmt.Println()
 	}
 	row("migration (mirror to COMPLETED), MiB/s", mig)
 	row("  CPU s of both daemons (lower)", cpu)
-	row("aim: nbdcopy into the export, MiB/s", aim)
-	fmt.Printf("%-46s %10.2f %10.2f\n", "migration / aim",
-		benchutil.Median(mig["blockd"])/benchutil.Median(aim["blockd"]),
-		benchutil.Median(mig["qsd"])/benchutil.Median(aim["qsd"]))
+	row("  CPU s of the source", cpuSrc)
+	row("  CPU s of the destination", cpuDst)
+	aims := map[pair][]float64{}
+	rel := map[pair][]float64{}
+	for _, p := range pairs {
+		aims[p] = aim[p.dst]
+		rel[p] = []float64{benchutil.Median(mig[p]) / benchutil.Median(aim[p.dst])}
+	}
+	row("aim: nbdcopy into the export, MiB/s", aims)
+	row("migration / aim", rel)
 }
 
-// migrate runs one migration between two daemons of kind and returns
-// its seconds and the CPU seconds both daemons spent; verify checks the
-// result with qemu-img.
-func migrate(kind, dir string, verify bool) (secs, cpuSecs float64) {
+// migrate runs one migration from a daemon of kind p.src into one of kind
+// p.dst and returns its seconds and the CPU seconds each daemon spent;
+// verify checks the result with qemu-img.
+func migrate(p pair, dir string, verify bool) (secs, srcCPU, dstCPU float64) {
 	dst := filepath.Join(dir, "dst.qcow2")
 	os.Remove(dst)
 	benchutil.MustRun("qemu-img", "create", "-q", "-f", "qcow2", dst, *sizeFlag)
-	d := startDaemon(kind, dir, "dst")
+	d := startDaemon(p.dst, dir, "dst")
 	defer d.kill()
 	sock := filepath.Join(dir, "dst-nbd.sock")
 	os.Remove(sock)
@@ -108,7 +158,7 @@ func migrate(kind, dir string, verify bool) (secs, cpuSecs float64) {
 	d.cmd1("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
 	d.cmd1("block-export-add", map[string]any{"type": "nbd", "id": "dst", "node-name": "dst", "writable": true})
 
-	s := startDaemon(kind, dir, "src")
+	s := startDaemon(p.src, dir, "src")
 	defer s.kill()
 	s.cmd1("blockdev-add", qcow2Node("base", filepath.Join(dir, "base.qcow2"), ""))
 	s.cmd1("blockdev-add", qcow2Node("mid", filepath.Join(dir, "mid.qcow2"), "base"))
@@ -116,25 +166,26 @@ func migrate(kind, dir string, verify bool) (secs, cpuSecs float64) {
 	s.cmd1("blockdev-add", map[string]any{"driver": "nbd", "node-name": "tgt", "export": "dst",
 		"server": map[string]any{"type": "unix", "path": sock}})
 
-	cpu0 := benchutil.CPUSeconds(s.cmd.Process.Pid) + benchutil.CPUSeconds(d.cmd.Process.Pid)
+	s0, d0 := benchutil.CPUSeconds(s.cmd.Process.Pid), benchutil.CPUSeconds(d.cmd.Process.Pid)
 	start := time.Now()
 	s.cmd1("blockdev-mirror", map[string]any{"job-id": "mig", "device": "top", "target": "tgt", "sync": "full"})
 	if ev, data := s.waitEvent("BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED"); ev != "BLOCK_JOB_READY" {
-		panic(fmt.Sprintf("%s: the mirror ended before READY: %v", kind, data))
+		panic(fmt.Sprintf("%s: the mirror ended before READY: %v", p, data))
 	}
 	s.cmd1("block-job-complete", map[string]any{"device": "mig"})
 	if _, data := s.waitEvent("BLOCK_JOB_COMPLETED"); data["error"] != nil {
-		panic(fmt.Sprintf("%s: the mirror failed: %v", kind, data["error"]))
+		panic(fmt.Sprintf("%s: the mirror failed: %v", p, data["error"]))
 	}
 	secs = time.Since(start).Seconds()
-	cpuSecs = benchutil.CPUSeconds(s.cmd.Process.Pid) + benchutil.CPUSeconds(d.cmd.Process.Pid) - cpu0
+	srcCPU = benchutil.CPUSeconds(s.cmd.Process.Pid) - s0
+	dstCPU = benchutil.CPUSeconds(d.cmd.Process.Pid) - d0
 	s.quit()
 	d.quit()
 	if verify {
 		benchutil.MustRun("qemu-img", "check", "-q", dst)
 		benchutil.MustRun("qemu-img", "compare", "-q", filepath.Join(dir, "top.qcow2"), dst)
 	}
-	return secs, cpuSecs
+	return secs, srcCPU, dstCPU
 }
 
 // writeRate is nbdcopy's rate from raw (data bytes, in the page cache)
@@ -232,6 +283,9 @@ func startDaemon(kind, dir, role string) *daemon {
 	os.Remove(sock)
 	bin := *blockdBin
 	var args []string
+	if kind == "blockd2" {
+		bin = *blockd2
+	}
 	if kind == "qsd" {
 		bin = "qemu-storage-daemon"
 	} else {
