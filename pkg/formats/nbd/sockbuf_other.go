@@ -1,0 +1,7 @@
+//go:build !linux
+
+package nbd
+
+import "net"
+
+func growSendBuffer(net.Conn) {}
