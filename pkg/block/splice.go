@@ -89,3 +89,93 @@ func (r *Root) SpliceRead(ctx context.Context, pipe int, off int64, n int) (int,
 	}
 	return moved, err
 }
+
+// A SpliceWriter is a driver that can take a write's data straight from
+// a pipe: the NBD client splices it into its socket, so that a job
+// copying into an NBD export (a migration's mirror) moves page cache
+// pages of the source by reference, where ReadAt and WriteAt copy every
+// byte twice in blockd (into a buffer, out of it into the socket).
+type SpliceWriter interface {
+	// SpliceWrite writes n bytes at off, taken from the pipe whose read
+	// end is the file descriptor pipe (which holds at least n bytes). On
+	// an error the pipe may still hold some of them: the caller discards
+	// it. ErrNoSplice says the write was not acknowledged and is to be
+	// made again with WriteAt (the NBD client lost its connection after
+	// it had read the pipe, and resends only from memory).
+	SpliceWrite(ctx context.Context, pipe int, off int64, n int, f Flags) error
+}
+
+// CanSpliceWrite reports whether SpliceWrite can write n bytes at off
+// through the root: the node under it takes writes from a pipe, and
+// nothing between the root and the driver needs to see the data
+// (detect-zeroes, blkdebug's events, an alignment or size the generic
+// layer would fix up). A caller asks before it fills a pipe.
+func (r *Root) CanSpliceWrite(off int64, n int) bool {
+	nd := r.child.Node()
+	if _, ok := nd.impl.(SpliceWriter); !ok {
+		return false
+	}
+	if _, ok := nd.impl.(DebugEventer); ok {
+		return false
+	}
+	if dz := nd.common.DetectZeroes; dz != "" && dz != DetectZeroesOff {
+		return false
+	}
+	return nd.plainRange(off, int64(n))
+}
+
+// SpliceWrite writes n bytes at off, taken from a pipe, through the root
+// (see SpliceWriter); ErrNoSplice, before the pipe is touched, when
+// CanSpliceWrite says no.
+func (r *Root) SpliceWrite(ctx context.Context, pipe int, off int64, n int, f Flags) error {
+	if err := r.check(off, int64(n)); err != nil {
+		r.Stats.invalid(acctWrite)
+		return err
+	}
+	if !r.CanSpliceWrite(off, n) {
+		return ErrNoSplice
+	}
+	r.enter()
+	defer r.exit()
+	start := time.Now()
+	err := r.child.spliceWrite(ctx, pipe, off, n, f)
+	if !errors.Is(err, ErrNoSplice) {
+		st := &r.child.Node().Stats
+		timed(&st.WrTimeNs, &st.WrLatency, start)
+		r.Stats.account(acctWrite, int64(n), start, err)
+	}
+	return err
+}
+
+// spliceWrite is Child.WriteAt for data in a pipe: the same checks,
+// bitmaps and counters; the caller checked the node with CanSpliceWrite.
+func (c *Child) spliceWrite(ctx context.Context, pipe int, off int64, n int, f Flags) error {
+	nd := c.Node()
+	length := int64(n)
+	if err := c.checkIO(nd, off, length, f); err != nil {
+		nd.Stats.InvalidWr.Add(1)
+		return err
+	}
+	nd.checkWriteThreshold(off, length)
+	caps := nd.caps.Load()
+	fua := f&FlagFUA != 0 && !caps.FUA
+	if fua {
+		f &^= FlagFUA
+	}
+	err := nd.impl.(SpliceWriter).SpliceWrite(ctx, pipe, off, n, f)
+	if err == nil && fua {
+		err = nd.impl.Flush(ctx)
+	}
+	if errors.Is(err, ErrNoSplice) {
+		return err
+	}
+	if err != nil {
+		nd.markDirty(off, length) // part of it may have been written
+		nd.Stats.FailedWr.Add(1)
+		return err
+	}
+	nd.noteWrite(off, length)
+	nd.Stats.WrOps.Add(1)
+	nd.Stats.WrBytes.Add(length)
+	return nil
+}

@@ -11,8 +11,10 @@ import (
 
 // SpliceRead implements block.Splicer: splice(2) moves page cache pages
 // of the file into the pipe by reference. A file opened with O_DIRECT
-// reads with ReadAt, where its alignment rules live. The caller's pipe
-// is blocking and has room for n bytes.
+// reads with ReadAt, where its alignment rules live. The pipe is never
+// waited for: a pipe that fills up (data that does not start on a page
+// boundary takes more of its slots than its size says) ends the splice
+// with ErrNoSplice, and the caller reads with ReadAt.
 func (d *file) SpliceRead(ctx context.Context, pipe int, off int64, n int) (int, error) {
 	if d.direct {
 		return 0, block.ErrNoSplice
@@ -20,9 +22,12 @@ func (d *file) SpliceRead(ctx context.Context, pipe int, off int64, n int) (int,
 	moved := 0
 	for moved < n {
 		o := off + int64(moved)
-		k, err := unix.Splice(d.fd, &o, pipe, nil, n-moved, unix.SPLICE_F_MOVE)
+		k, err := unix.Splice(d.fd, &o, pipe, nil, n-moved, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 		if err == syscall.EINTR {
 			continue
+		}
+		if err == syscall.EAGAIN {
+			return moved, block.ErrNoSplice
 		}
 		if err != nil {
 			return moved, ioErr("read", d.name, err)
