@@ -79,11 +79,26 @@ func newConn(nc net.Conn, br *bufio.Reader, info exportInfo) *conn {
 // until it answers (NBD has no way to cancel a request); a dead
 // connection fails every request at once.
 func (c *conn) do(r *request, flags uint16, data []byte) error {
+	_, err := c.send(r, flags, func(hdr []byte) error {
+		bufs := net.Buffers{hdr}
+		if len(data) > 0 {
+			bufs = append(bufs, data)
+		}
+		_, err := bufs.WriteTo(c.nc)
+		return err
+	})
+	return err
+}
+
+// send registers r, writes its header and payload with write (under the
+// write lock) and waits for the reply. sent says whether write was
+// called: a request that failed before it can be sent again as it was.
+func (c *conn) send(r *request, flags uint16, write func(hdr []byte) error) (sent bool, err error) {
 	r.done = make(chan struct{})
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()
-		return errDisconnected
+		return false, errDisconnected
 	}
 	h := c.next
 	c.next++
@@ -97,18 +112,14 @@ func (c *conn) do(r *request, flags uint16, data []byte) error {
 	be.PutUint64(hdr[8:], h)
 	be.PutUint64(hdr[16:], r.off)
 	be.PutUint32(hdr[24:], r.length)
-	bufs := net.Buffers{hdr[:]}
-	if len(data) > 0 {
-		bufs = append(bufs, data)
-	}
 	c.wmu.Lock()
-	_, err := bufs.WriteTo(c.nc)
+	err = write(hdr[:])
 	c.wmu.Unlock()
 	if err != nil {
 		c.fail(fmt.Errorf("send: %w", err))
 	}
 	<-r.done
-	return r.err
+	return true, r.err
 }
 
 // fail kills the connection: every waiting request fails with EIO, and so
