@@ -39,70 +39,83 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 func TestMirrorUnderWrites(t *testing.T) {
 	for _, mode := range []mirror.CopyMode{"background", "write-blocking"} {
 		t.Run(string(mode), func(t *testing.T) {
-			ctx := context.Background()
 			g := blocktest.NewGraph()
-			const size = 8 << 20
-			src := blocktest.Open(t, g, `{"driver":"blocktest-mem","node-name":"src","size":8388608,"pattern":17}`)
+			blocktest.Open(t, g, `{"driver":"blocktest-mem","node-name":"src","size":8388608,"pattern":17}`)
 			blocktest.Open(t, g, `{"driver":"blocktest-mem","node-name":"tgt","size":8388608}`)
-			user := blocktest.NewRoot(t, src, block.PermConsistentRead|block.PermWrite, block.PermConsistentRead|block.PermWrite|block.PermWriteUnchanged)
-			r := jobs.NewRunner(g, discard{}, nil, nil)
-			j, err := r.Start(ctx, "m", "mirror", mirror.New(mirror.Args{Device: "src", Target: "tgt", Sync: mirror.SyncFull,
-				CopyMode: mode, Unmap: true, ZeroTarget: true, Granularity: 4096, BufSize: 256 << 10}),
-				jobs.Options{BlockJob: true, AutoFinalize: true, AutoDismiss: true, OnError: jobs.OnErrorReport})
-			if err != nil {
-				t.Fatal(err)
-			}
-			var stop atomic.Bool
-			var wg sync.WaitGroup
-			for w := 0; w < 4; w++ {
-				wg.Add(1)
-				go func(seed uint64) {
-					defer wg.Done()
-					rnd := rand.New(rand.NewPCG(seed, 1))
-					for !stop.Load() {
-						n := 1 + rnd.IntN(20000)
-						off := rnd.Int64N(size - int64(n))
-						p := bytes.Repeat([]byte{byte(rnd.IntN(255) + 1)}, n)
-						if err := user.WriteAt(ctx, p, off, 0); err != nil {
-							t.Error(err)
-							return
-						}
-						// A client's pace, not a spin: unaligned writes
-						// leave partial granules for the job to copy.
-						time.Sleep(100 * time.Microsecond)
-					}
-				}(uint64(w))
-			}
-			waitFor(t, "READY", func() bool { return j.Status() == jobs.Ready })
-			time.Sleep(50 * time.Millisecond) // keep writing in READY
-			stop.Store(true)
-			wg.Wait()
-			want := make([]byte, size)
-			if err := user.ReadAt(ctx, want, 0, 0); err != nil {
-				t.Fatal(err)
-			}
-			if err := j.Complete(); err != nil {
-				t.Fatal(err)
-			}
-			j.Wait()
-			r.Close()
-			if e := j.Err(); e != nil {
-				t.Fatalf("job failed: %v", e)
-			}
-			if got := user.Node().Name(); got != "tgt" {
-				t.Fatalf("the user was not moved to the target: it uses %s", got)
-			}
-			got := make([]byte, size)
-			if err := user.ReadAt(ctx, got, 0, 0); err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(got, want) {
-				for i := range got {
-					if got[i] != want[i] {
-						t.Fatalf("target differs from the source first at byte %d", i)
-					}
-				}
-			}
+			mirrorUnderWrites(t, g, mode, 100*time.Microsecond)
 		})
+	}
+}
+
+// mirrorUnderWrites mirrors g's node src (8 MiB) into tgt while four
+// users write src, each pausing for pace between writes, and checks the
+// target against the source.
+func mirrorUnderWrites(t *testing.T, g *block.Graph, mode mirror.CopyMode, pace time.Duration) {
+	ctx := context.Background()
+	const size = 8 << 20
+	src := g.Lookup("src")
+	user := blocktest.NewRoot(t, src, block.PermConsistentRead|block.PermWrite, block.PermConsistentRead|block.PermWrite|block.PermWriteUnchanged)
+	r := jobs.NewRunner(g, discard{}, nil, nil)
+	j, err := r.Start(ctx, "m", "mirror", mirror.New(mirror.Args{Device: "src", Target: "tgt", Sync: mirror.SyncFull,
+		CopyMode: mode, Unmap: true, ZeroTarget: true, Granularity: 4096, BufSize: 256 << 10}),
+		jobs.Options{BlockJob: true, AutoFinalize: true, AutoDismiss: true, OnError: jobs.OnErrorReport})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func(seed uint64) {
+			defer wg.Done()
+			rnd := rand.New(rand.NewPCG(seed, 1))
+			for !stop.Load() {
+				n := 1 + rnd.IntN(20000)
+				off := rnd.Int64N(size - int64(n))
+				p := bytes.Repeat([]byte{byte(rnd.IntN(255) + 1)}, n)
+				if err := user.WriteAt(ctx, p, off, 0); err != nil {
+					t.Error(err)
+					return
+				}
+				// A client's pace, not a spin: unaligned writes
+				// leave partial granules for the job to copy.
+				time.Sleep(pace)
+			}
+		}(uint64(w))
+	}
+	waitFor(t, "READY", func() bool {
+		if st := j.Status(); st != jobs.Ready && st != jobs.Running && st != jobs.Created {
+			t.Fatalf("job is %v before READY: %v", st, j.Err())
+		}
+		return j.Status() == jobs.Ready
+	})
+	time.Sleep(50 * time.Millisecond) // keep writing in READY
+	stop.Store(true)
+	wg.Wait()
+	want := make([]byte, size)
+	if err := user.ReadAt(ctx, want, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Complete(); err != nil {
+		t.Fatal(err)
+	}
+	j.Wait()
+	r.Close()
+	if e := j.Err(); e != nil {
+		t.Fatalf("job failed: %v", e)
+	}
+	if got := user.Node().Name(); got != "tgt" {
+		t.Fatalf("the user was not moved to the target: it uses %s", got)
+	}
+	got := make([]byte, size)
+	if err := user.ReadAt(ctx, got, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		for i := range got {
+			if got[i] != want[i] {
+				t.Fatalf("target differs from the source first at byte %d", i)
+			}
+		}
 	}
 }

@@ -91,3 +91,9 @@ func init() {
 	d := block.Register("mirror_top", block.KindFilter, openTop)
 	d.Implicit = true
 }
+
+// SpliceRead implements block.Splicer: reads pass through unseen, so a
+// copy may move the source's pages by reference (see Engine).
+func (t *top) SpliceRead(ctx context.Context, pipe int, off int64, n int) (int, error) {
+	return t.C.SpliceRead(ctx, pipe, off, n)
+}
