@@ -312,6 +312,7 @@ func startDaemon(kind, dir, role string) *daemon {
 	}
 	d := &daemon{name: kind + " " + role, cmd: cmd, conn: conn, dec: json.NewDecoder(bufio.NewReader(conn))}
 	var greeting map[string]any
+	d.deadline()
 	benchutil.Check(d.dec.Decode(&greeting))
 	d.cmd1("qmp_capabilities", nil)
 	return d
@@ -328,6 +329,7 @@ func (d *daemon) cmd1(name string, args any) {
 	benchutil.Check(err)
 	_, err = d.conn.Write(append(b, '\n'))
 	benchutil.Check(err)
+	d.deadline()
 	for {
 		var m map[string]any
 		benchutil.Check(d.dec.Decode(&m))
@@ -345,6 +347,7 @@ func (d *daemon) cmd1(name string, args any) {
 // waitEvent returns the name and data of the next event called one of
 // names.
 func (d *daemon) waitEvent(names ...string) (string, map[string]any) {
+	d.deadline()
 	for {
 		var m map[string]any
 		if len(d.ev) > 0 {
@@ -358,6 +361,12 @@ func (d *daemon) waitEvent(names ...string) (string, map[string]any) {
 			return name, data
 		}
 	}
+}
+
+// deadline makes a daemon that stops answering fail the run rather
+// than hang it.
+func (d *daemon) deadline() {
+	benchutil.Check(d.conn.SetReadDeadline(time.Now().Add(2 * time.Minute)))
 }
 
 // quit asks the daemon to exit and waits until it has.
