@@ -13,14 +13,6 @@ import (
 	"unsafe"
 )
 
-// blockdRBDDone is librbd's completion callback (through aioDone): it
-// runs on a librbd thread and only passes the result on.
-//
-//export blockdRBDDone
-func blockdRBDDone(h C.uintptr_t, ret C.ssize_t) {
-	cgo.Handle(h).Value().(*aioReq).done <- int64(ret)
-}
-
 // blockdRBDDiff is rbd_diff_iterate2's callback.
 //
 //export blockdRBDDiff

@@ -10,24 +10,17 @@ package rbd
 #include <rbd/librbd.h>
 
 // Defined in callback_ceph.go.
-extern void blockdRBDDone(uintptr_t h, ssize_t ret);
 extern int blockdRBDDiff(uint64_t off, size_t len, int exists, void *arg);
-
-// aioDone runs on a librbd thread when a request completes: it hands the
-// result to Go and frees the completion.
-static void aioDone(rbd_completion_t c, void *arg) {
-	ssize_t r = rbd_aio_get_return_value(c);
-	rbd_aio_release(c);
-	blockdRBDDone((uintptr_t)arg, r);
-}
 
 enum { opRead, opWrite, opDiscard, opZero, opFlush };
 
-// aioStart starts one request; h comes back to blockdRBDDone. On error
-// nothing was started.
-static int aioStart(rbd_image_t img, int op, uint64_t off, uint64_t len, char *buf, int zflags, uintptr_t h) {
+// aioStart starts one request. Its completion has no callback: librbd
+// queues it on the image and signals the image's eventfd (see
+// rbd_set_image_notification), and aioDrain collects it; id comes back
+// from there. On error nothing was started.
+static int aioStart(rbd_image_t img, int op, uint64_t off, uint64_t len, char *buf, int zflags, uintptr_t id) {
 	rbd_completion_t c;
-	int r = rbd_aio_create_completion((void *)h, aioDone, &c);
+	int r = rbd_aio_create_completion((void *)id, NULL, &c);
 	if (r < 0) {
 		return r;
 	}
@@ -43,6 +36,23 @@ static int aioStart(rbd_image_t img, int op, uint64_t off, uint64_t len, char *b
 		rbd_aio_release(c);
 	}
 	return r;
+}
+
+// aioDrain takes up to max finished requests off the image's queue:
+// their ids and results into ids and rets, the completions freed. It
+// returns how many, or a negative errno.
+static int aioDrain(rbd_image_t img, uintptr_t *ids, int64_t *rets, int max) {
+	rbd_completion_t cs[64];
+	if (max > 64) {
+		max = 64;
+	}
+	int n = rbd_poll_io_events(img, cs, max);
+	for (int i = 0; i < n; i++) {
+		ids[i] = (uintptr_t)rbd_aio_get_arg(cs[i]);
+		rets[i] = rbd_aio_get_return_value(cs[i]);
+		rbd_aio_release(cs[i]);
+	}
+	return n;
 }
 
 static int diffIterate(rbd_image_t img, uint64_t off, uint64_t len, uintptr_t h) {
@@ -62,26 +72,45 @@ static const char *snapName(rbd_snap_info_t *s, int i) { return s[i].name; }
 import "C"
 
 import (
+	"errors"
+	"io"
+	"os"
 	"runtime"
 	"runtime/cgo"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
 	"github.com/ceph/go-ceph/rados"
+	"golang.org/x/sys/unix"
 )
 
 // image is an open librbd image. Its methods may be called from many
 // goroutines at once (librbd's image handle is thread-safe); I/O is
 // asynchronous: a request is started with librbd's aio call and the
-// calling goroutine parks on a channel until librbd's completion
-// callback (on one of librbd's own threads) reports the result. No OS
-// thread and no extra goroutine waits per request, so the number of
-// requests in flight is bounded only by the callers.
+// calling goroutine parks on a channel until the image's poller hands it
+// the result. librbd signals finished requests on an eventfd, which the
+// poller waits on through Go's netpoller, and queues them on the image
+// (rbd_set_image_notification, rbd_poll_io_events); the poller collects
+// them in batches. So no librbd thread ever calls into Go: librbd runs
+// completion callbacks one after another on one strand, and a callback
+// into Go from a foreign thread must first get a P from the scheduler,
+// which under load held up every completion behind it. No OS thread and
+// no extra goroutine waits per request: the number of requests in
+// flight is bounded only by the callers.
 type image struct {
-	h C.rbd_image_t
+	h      C.rbd_image_t
+	events *os.File      // the eventfd librbd signals finished requests on
+	stop   atomic.Bool   // the poller is to exit at its next wakeup
+	polled chan struct{} // closed when the poller has exited
+
+	mu   sync.Mutex
+	reqs []*aioReq // every request slot so far, by id; guarded by mu
+	free []*aioReq // the slots not in flight; guarded by mu
 }
 
-func openImage(io *rados.IOContext, name, snap string, readOnly bool) (*image, error) {
+func openImage(ioctx *rados.IOContext, name, snap string, readOnly bool) (*image, error) {
 	cname := C.CString(name)
 	defer C.free(unsafe.Pointer(cname))
 	var csnap *C.char
@@ -93,23 +122,100 @@ func openImage(io *rados.IOContext, name, snap string, readOnly bool) (*image, e
 	if readOnly {
 		ro = 1
 	}
-	img := &image{}
-	if r := C.openImage(C.rados_ioctx_t(io.Pointer()), cname, csnap, ro, &img.h); r < 0 {
+	img := &image{polled: make(chan struct{})}
+	if r := C.openImage(C.rados_ioctx_t(ioctx.Pointer()), cname, csnap, ro, &img.h); r < 0 {
 		return nil, syscall.Errno(-r)
 	}
+	fd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		C.rbd_close(img.h)
+		return nil, err
+	}
+	if r := C.rbd_set_image_notification(img.h, C.int(fd), C.EVENT_TYPE_EVENTFD); r < 0 {
+		C.rbd_close(img.h)
+		unix.Close(fd)
+		return nil, syscall.Errno(-r)
+	}
+	// Non-blocking, so that the poller's read parks in the netpoller,
+	// not on a thread of its own.
+	img.events = os.NewFile(uintptr(fd), "rbd-events")
+	go img.poll()
 	return img, nil
 }
 
+// poll hands finished requests to their waiters until close stops it.
+func (img *image) poll() {
+	defer close(img.polled)
+	var (
+		b    [8]byte
+		ids  [64]C.uintptr_t
+		rets [64]C.int64_t
+	)
+	for {
+		if _, err := img.events.Read(b[:]); err != nil && !errors.Is(err, io.EOF) {
+			return // closed under us: nothing can be in flight
+		}
+		if img.stop.Load() {
+			return
+		}
+		for {
+			n := int(C.aioDrain(img.h, &ids[0], &rets[0], C.int(len(ids))))
+			if n <= 0 {
+				break
+			}
+			img.mu.Lock()
+			for i := range n {
+				img.reqs[ids[i]].done <- int64(rets[i])
+			}
+			img.mu.Unlock()
+			if n < len(ids) {
+				break
+			}
+		}
+	}
+}
+
+// close closes the image; nothing may be in flight. The poller is
+// stopped first (it must not poll a closed image) and the eventfd closed
+// last (librbd must not signal a number that may be reused).
 func (img *image) close() error {
-	if r := C.rbd_close(img.h); r < 0 {
+	img.stop.Store(true)
+	var one [8]byte
+	one[0] = 1 // little-endian 1: wakes the poller
+	_, _ = img.events.Write(one[:])
+	<-img.polled
+	r := C.rbd_close(img.h)
+	img.events.Close()
+	if r < 0 {
 		return syscall.Errno(-r)
 	}
 	return nil
 }
 
-// aioReq is one request in flight.
+// aioReq is a request slot: one request in flight at a time. librbd
+// gets its id and the poller hands the result to done.
 type aioReq struct {
+	id   uintptr
 	done chan int64
+}
+
+func (img *image) getReq() *aioReq {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	if n := len(img.free); n > 0 {
+		req := img.free[n-1]
+		img.free = img.free[:n-1]
+		return req
+	}
+	req := &aioReq{id: uintptr(len(img.reqs)), done: make(chan int64, 1)}
+	img.reqs = append(img.reqs, req)
+	return req
+}
+
+func (img *image) putReq(req *aioReq) {
+	img.mu.Lock()
+	img.free = append(img.free, req)
+	img.mu.Unlock()
 }
 
 const (
@@ -124,9 +230,7 @@ const (
 // pinned until librbd is done with it. It returns librbd's result: a
 // byte count or a negative errno.
 func (img *image) do(op C.int, off, n uint64, buf []byte, zflags C.int) int64 {
-	req := &aioReq{done: make(chan int64, 1)}
-	h := cgo.NewHandle(req)
-	defer h.Delete()
+	req := img.getReq()
 	var p *C.char
 	var pin runtime.Pinner
 	if len(buf) > 0 {
@@ -134,10 +238,13 @@ func (img *image) do(op C.int, off, n uint64, buf []byte, zflags C.int) int64 {
 		p = (*C.char)(unsafe.Pointer(&buf[0]))
 	}
 	defer pin.Unpin()
-	if r := C.aioStart(img.h, op, C.uint64_t(off), C.uint64_t(n), p, zflags, C.uintptr_t(h)); r < 0 {
+	if r := C.aioStart(img.h, op, C.uint64_t(off), C.uint64_t(n), p, zflags, C.uintptr_t(req.id)); r < 0 {
+		img.putReq(req)
 		return int64(r)
 	}
-	return <-req.done
+	r := <-req.done
+	img.putReq(req)
+	return r
 }
 
 func errno(r int64) error {
