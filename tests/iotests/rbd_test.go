@@ -3,6 +3,7 @@ package iotests
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -403,5 +404,118 @@ func TestRBDInternalSnapshot(t *testing.T) {
 	d.Cmd("blockdev-snapshot-delete-internal-sync", map[string]any{"device": "r", "name": "sn1"})
 	if out, err := img.c.RBD("snap", "ls", cephtest.Pool+"/"+img.name); err != nil || strings.Contains(out, "sn1") {
 		t.Errorf("rbd snap ls after the deletion: %s %v", out, err)
+	}
+}
+
+// TestRBDClusterLost: the cluster's only OSD is killed while a mirror
+// from a local qcow2 image copies into an rbd image. With `rados osd op
+// timeout` in the client's conf, librbd fails the requests after that
+// time (without it they wait for the OSD forever, and so does the job);
+// the job then fails (on-target-error=report) or pauses (stop, then a
+// forced cancel ends it). Meanwhile the daemon keeps answering QMP, the
+// daemon quits within bounded time, and the local image is clean. The
+// test runs a cluster of its own: it breaks it.
+func TestRBDClusterLost(t *testing.T) {
+	for _, policy := range []string{"report", "stop"} {
+		t.Run(policy, func(t *testing.T) {
+			shared := newRBD(t, "1M") // skips where there is no cluster
+			dir, err := os.MkdirTemp("", "iotests-ceph-lost")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(dir) })
+			c, err := cephtest.Start(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(c.Stop)
+			const opTimeout = 5
+			conf := filepath.Join(dir, "client.conf")
+			base, err := os.ReadFile(c.Conf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(conf, append(base, fmt.Sprintf("\n[client]\nrados osd op timeout = %d\n", opTimeout)...), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			img := rbdImage{c, "lost"}
+			if _, err := c.RBD("create", "--size", "64M", cephtest.Pool+"/"+img.name); err != nil {
+				t.Fatal(err)
+			}
+			d := rbdDaemon(t, shared)
+			run(t, "qemu-img", "create", "-q", "-f", "qcow2", d.Path("src.qcow2"), "64M")
+			run(t, "qemu-io", "-c", "write -P 0x5a 0 64M", d.Path("src.qcow2"))
+			d.Cmd("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "src",
+				"file": map[string]any{"driver": "file", "filename": d.Path("src.qcow2")}})
+			tgt := img.opts("tgt")
+			tgt["conf"] = conf
+			d.Cmd("blockdev-add", tgt)
+			// 8 MiB/s: the job is still copying when the OSD goes.
+			d.Cmd("blockdev-mirror", map[string]any{"job-id": "m", "device": "src", "target": "tgt", "sync": "full",
+				"speed": 8 << 20, "on-target-error": policy, "auto-dismiss": false})
+			time.Sleep(1500 * time.Millisecond)
+			c.StopOSD()
+			t0 := time.Now()
+
+			// Until the job gives up, query-jobs answers within a second.
+			want := map[string]string{"report": "concluded", "stop": "paused"}[policy]
+			deadline := t0.Add(time.Duration(opTimeout)*time.Second + 50*time.Second)
+			for {
+				q0 := time.Now()
+				j, ok := queryJobs(d)["m"]
+				if w := time.Since(q0); w > time.Second {
+					t.Errorf("query-jobs took %v with the OSD gone", w)
+				}
+				if !ok {
+					t.Fatal("job m disappeared")
+				}
+				if j.Status == want {
+					break
+				}
+				if j.Status == "concluded" || j.Status == "null" {
+					t.Fatalf("job ended %s (%q), want %s", j.Status, j.Error, want)
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("job still %s %v after the OSD was killed", j.Status, time.Since(t0))
+				}
+				time.Sleep(250 * time.Millisecond)
+			}
+			t.Logf("job %s %v after the OSD was killed", want, time.Since(t0).Round(100*time.Millisecond))
+			e := eventsOf(d.History(), "BLOCK_JOB_ERROR", "m")
+			if len(e) == 0 || e[0].Data["operation"] != "write" || e[0].Data["action"] != policy {
+				t.Errorf("BLOCK_JOB_ERROR %v", e)
+			}
+			if policy == "stop" {
+				d.Cmd("block-job-cancel", map[string]any{"device": "m", "force": true})
+				if !d.WaitHistory(func(ev []Event) bool {
+					s := statuses(ev, "m")
+					return len(s) > 0 && s[len(s)-1] == "concluded"
+				}, time.Duration(opTimeout)*time.Second+50*time.Second) {
+					t.Fatalf("cancelled job did not conclude: %v", statuses(d.History(), "m"))
+				}
+			}
+			j := queryJobs(d)["m"]
+			if j.Status != "concluded" || j.Error == "" {
+				t.Errorf("job at the end: %+v", j)
+			}
+			t.Logf("job error: %s", j.Error)
+			d.Cmd("job-dismiss", map[string]any{"id": "m"})
+			if !isQSD() {
+				// qsd reads the first bytes of an rbd image in the monitor
+				// to describe it (its LUKS probe): with the OSD gone this
+				// command waits out the op timeout and then fails ("cannot
+				// read image start for probe"). blockd does not read.
+				q0 := time.Now()
+				d.Cmd("query-named-block-nodes", nil)
+				if w := time.Since(q0); w > time.Second {
+					t.Errorf("query-named-block-nodes took %v with the OSD gone", w)
+				}
+			}
+			q0 := time.Now()
+			d.Quit()
+			t.Logf("quit took %v", time.Since(q0).Round(100*time.Millisecond))
+			run(t, "qemu-img", "check", d.Path("src.qcow2"))
+			run(t, "qemu-io", "-r", "-c", "read -P 0x5a 0 64M", d.Path("src.qcow2"))
+		})
 	}
 }
