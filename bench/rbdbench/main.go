@@ -1,18 +1,25 @@
 // Command rbdbench measures blockd's rbd driver against
 // qemu-storage-daemon's on a one-node Ceph cluster it starts itself
 // (internal/cephtest: one monitor, one memstore OSD, all on loopback), in
-// one run, alternating the daemons round by round:
+// one run, alternating the daemons round by round (and which goes first
+// in a round):
 //
 //   - 4 KiB random reads and random writes at queue depth 16 through an
 //     NBD export of an rbd node, with fio's nbd engine;
 //   - a full mirror of a fully allocated local qcow2 image into an empty
 //     rbd image (blockdev-mirror, sync=full), timed to BLOCK_JOB_READY.
 //
-// It prints each daemon's median, its CPU seconds, and blockd's ratio.
+// Before the first round the OSD is made to hold as much data as a mirror
+// writes once, and the image removed: a memstore OSD's first fill of its
+// memory costs it several times the CPU of later ones, which made
+// whichever daemon mirrored first look three times slower.
+//
+// It prints each daemon's median with the spread (lowest..highest), its
+// CPU time (per I/O for fio, per run for the mirror), and blockd's ratio.
 // blockd must be built with rbd support (make build does, where librbd's
 // headers are installed; or go build -tags ceph ./cmd/blockd).
 //
-//	go run ./bench/rbdbench [-blockd bin/blockd] [-rounds 3] [-fio-seconds 10] [-mirror-size 1G]
+//	go run ./bench/rbdbench [-blockd bin/blockd] [-rounds 5] [-fio-seconds 10] [-mirror-size 1G]
 package main
 
 import (
@@ -35,7 +42,7 @@ import (
 
 var (
 	blockdBin  = flag.String("blockd", "bin/blockd", "blockd binary (built with -tags ceph)")
-	rounds     = flag.Int("rounds", 3, "rounds per daemon (median reported)")
+	rounds     = flag.Int("rounds", 5, "rounds per daemon (median reported)")
 	fioSeconds = flag.Int("fio-seconds", 10, "seconds per fio run")
 	fioSize    = flag.String("fio-size", "256M", "size of the image fio works on")
 	mirrorSize = flag.String("mirror-size", "1G", "size of the qcow2 image mirrored into rbd")
@@ -62,6 +69,14 @@ func main() {
 	_, err = c.RBD("bench", "--io-type", "write", "--io-size", "4M", "--io-pattern", "seq", "--io-total", *fioSize, "rbd/fio")
 	benchutil.Check(err)
 
+	// Warm the OSD up (see above).
+	_, err = c.RBD("create", "--size", *mirrorSize, "rbd/warm")
+	benchutil.Check(err)
+	_, err = c.RBD("bench", "--io-type", "write", "--io-size", "4M", "--io-pattern", "seq", "--io-total", *mirrorSize, "rbd/warm")
+	benchutil.Check(err)
+	_, err = c.RBD("rm", "--no-progress", "rbd/warm")
+	benchutil.Check(err)
+
 	mirrorSrc := filepath.Join(dir, "src.qcow2")
 	benchutil.MustRun("qemu-img", "create", "-q", "-f", "qcow2", mirrorSrc, *mirrorSize)
 	benchutil.MustRun("qemu-io", "-c", "write -P 0x5a 0 "+*mirrorSize, mirrorSrc)
@@ -72,7 +87,11 @@ func main() {
 		res[name] = &result{}
 	}
 	for r := 0; r < *rounds; r++ {
-		for _, name := range daemons {
+		order := daemons
+		if r%2 == 1 {
+			order = []string{daemons[1], daemons[0]}
+		}
+		for _, name := range order {
 			x := res[name]
 			d := startDaemon(name, dir, c)
 			d.cmd1("blockdev-add", map[string]any{"driver": "rbd", "node-name": "disk", "pool": "rbd", "image": "fio", "conf": c.Conf})
@@ -81,13 +100,14 @@ func main() {
 			d.cmd1("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
 			d.cmd1("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "disk", "writable": true})
 			uri := "nbd+unix:///disk?socket=" + sock
+			perIO := func(cpu, iops float64) float64 { return cpu / (iops * float64(*fioSeconds)) * 1e6 }
 			cpu0 := benchutil.CPUSeconds(d.cmd.Process.Pid)
 			iops := fio(uri, "randread")
 			cpu1 := benchutil.CPUSeconds(d.cmd.Process.Pid)
-			x.read, x.readCPU = append(x.read, iops), append(x.readCPU, cpu1-cpu0)
+			x.read, x.readCPU = append(x.read, iops), append(x.readCPU, perIO(cpu1-cpu0, iops))
 			iops = fio(uri, "randwrite")
 			cpu2 := benchutil.CPUSeconds(d.cmd.Process.Pid)
-			x.write, x.writeCPU = append(x.write, iops), append(x.writeCPU, cpu2-cpu1)
+			x.write, x.writeCPU = append(x.write, iops), append(x.writeCPU, perIO(cpu2-cpu1, iops))
 			d.quit()
 
 			img := fmt.Sprintf("mirror-%s-%d", name, r)
@@ -113,20 +133,24 @@ func main() {
 		}
 	}
 	row := func(label, unit string, get func(*result) []float64, lower bool) {
-		b, q := benchutil.Median(get(res["blockd"])), benchutil.Median(get(res["qsd"]))
+		bv, qv := get(res["blockd"]), get(res["qsd"])
+		b, q := benchutil.Median(bv), benchutil.Median(qv)
 		ratio := b / q
 		if lower {
 			ratio = q / b
 		}
-		fmt.Printf("%-42s blockd %10.1f  qsd %10.1f %-6s  blockd/qsd %.2fx\n", label, b, q, unit, ratio)
+		spread := func(v []float64) string {
+			return fmt.Sprintf("(%.4g..%.4g)", slices.Min(v), slices.Max(v))
+		}
+		fmt.Printf("%-36s blockd %8.1f %-13s qsd %8.1f %-13s %-6s blockd/qsd %.2fx\n", label, b, spread(bv), q, spread(qv), unit, ratio)
 	}
-	fmt.Printf("rbd on a one-node cluster (memstore OSD, loopback), %d rounds, medians\n", *rounds)
+	fmt.Printf("rbd on a one-node cluster (memstore OSD, loopback), %d rounds, medians (lowest..highest)\n", *rounds)
 	row(fmt.Sprintf("fio 4k randread qd16 (%s image)", *fioSize), "IOPS", func(r *result) []float64 { return r.read }, false)
-	row("  daemon CPU s", "s", func(r *result) []float64 { return r.readCPU }, true)
+	row("  daemon CPU per I/O", "us", func(r *result) []float64 { return r.readCPU }, true)
 	row("fio 4k randwrite qd16", "IOPS", func(r *result) []float64 { return r.write }, false)
-	row("  daemon CPU s", "s", func(r *result) []float64 { return r.writeCPU }, true)
+	row("  daemon CPU per I/O", "us", func(r *result) []float64 { return r.writeCPU }, true)
 	row(fmt.Sprintf("mirror %s qcow2 -> rbd, to READY", *mirrorSize), "MiB/s", func(r *result) []float64 { return r.mirror }, false)
-	row("  daemon CPU s", "s", func(r *result) []float64 { return r.mirrorCPU }, true)
+	row("  daemon CPU", "s", func(r *result) []float64 { return r.mirrorCPU }, true)
 }
 
 func fio(uri, rw string) float64 {
