@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/blockd/blockd/pkg/nbd/wire"
 )
 
 var be = binary.BigEndian
@@ -97,7 +99,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	}
 	c.log = s.log.WithField("remote", remote)
 	c.budget.init(s.opts.MaxBufferBytes)
-	growSendBuffer(nc)
+	wire.GrowSendBuffer(nc)
 	return c
 }
 

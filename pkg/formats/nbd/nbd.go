@@ -135,7 +135,7 @@ func (d *driver) connect(ctx context.Context) (*conn, error) {
 		return nil, fmt.Errorf("Failed to connect to '%s': %s", d.addr.describe(), block.Strerror(err))
 	}
 	nc.SetDeadline(time.Now().Add(dialTimeout)) //nolint:errcheck // best effort
-	growSendBuffer(nc)
+	wire.GrowSendBuffer(nc)
 	br := bufio.NewReaderSize(nc, 256<<10)
 	info, err := handshake(nc, br, d.export, d.metaCtx)
 	if err != nil {

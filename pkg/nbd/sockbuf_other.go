@@ -1,7 +1,0 @@
-//go:build !linux
-
-package nbd
-
-import "net"
-
-func growSendBuffer(net.Conn) {}
