@@ -70,15 +70,10 @@ func TestCrashJobs(t *testing.T) {
 // crashOnce runs one job with the writer, kills blockd after delay and
 // checks what is left.
 func crashOnce(t *testing.T, job crashJob, delay time.Duration) {
-	d := start(t)
-	mkChain(t, d.Dir)
-	addChain(t, d, nil)
+	d, sock := crashDaemon(t)
 	run(t, "qemu-img", "create", "-q", "-f", "qcow2", d.Path("tgt.qcow2"), "64M")
 	d.Cmd("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "tgt",
 		"file": map[string]any{"driver": "file", "filename": d.Path("tgt.qcow2")}})
-	sock := shortSock(t, "nbd")
-	d.Cmd("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
-	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "top", "writable": true})
 	args := map[string]any{"job-id": "j"}
 	for k, v := range job.args {
 		args[k] = v
@@ -88,10 +83,7 @@ func crashOnce(t *testing.T, job crashJob, delay time.Duration) {
 	if job.ready {
 		d.WaitEvent("BLOCK_JOB_READY", 30*time.Second)
 	}
-	time.Sleep(delay)
-	d.cmd.Process.Signal(syscall.SIGKILL)
-	<-d.done
-	confirmed := w.stop()
+	confirmed := killAfter(d, w, delay)
 	t.Logf("killed %v after the start (or READY); %d writes confirmed", delay, len(confirmed))
 	for _, img := range []string{"base", "mid", "top", "tgt"} {
 		out, err := runErr("qemu-img", "check", d.Path(img+".qcow2"))
@@ -110,6 +102,46 @@ func crashOnce(t *testing.T, job crashJob, delay time.Duration) {
 	d2.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "top"})
 	checkCrashData(t, nbdURI(sock2, "top"), confirmed)
 	d2.Quit()
+}
+
+// crashDaemon starts blockd with the reference chain (base ◀ mid ◀ top)
+// and exports top writable on a NBD socket, which it returns.
+func crashDaemon(t *testing.T) (*Daemon, string) {
+	d := start(t)
+	mkChain(t, d.Dir)
+	addChain(t, d, nil)
+	sock := shortSock(t, "nbd")
+	d.Cmd("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
+	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "top", "writable": true})
+	return d, sock
+}
+
+// killAfter kills blockd with SIGKILL after delay and returns the writes
+// the writer saw flushed.
+func killAfter(d *Daemon, w *crashWriter, delay time.Duration) map[int]byte {
+	time.Sleep(delay)
+	d.cmd.Process.Signal(syscall.SIGKILL)
+	<-d.done
+	return w.stop()
+}
+
+// crashLoop runs step(d, 0), step(d, 1)... on a crashDaemon under the
+// writer until blockd is killed after delay (a step's error ends the
+// loop). It returns the daemon, the confirmed writes and the number of
+// the step the kill interrupted.
+func crashLoop(t *testing.T, delay time.Duration, step func(d *Daemon, n int) error) (*Daemon, map[int]byte, int) {
+	d, sock := crashDaemon(t)
+	w := startCrashWriter(nbdURI(sock, "top"))
+	ops := make(chan int)
+	go func() {
+		n := 0
+		for step(d, n) == nil {
+			n++
+		}
+		ops <- n
+	}()
+	confirmed := killAfter(d, w, delay)
+	return d, confirmed, <-ops
 }
 
 // checkCrashData reads the chain's data and every write the writer saw
@@ -187,33 +219,18 @@ func TestCrashInternalSnapshots(t *testing.T) {
 }
 
 func crashSnapshotsOnce(t *testing.T, delay time.Duration) {
-	d := start(t)
-	mkChain(t, d.Dir)
-	addChain(t, d, nil)
-	sock := shortSock(t, "nbd")
-	d.Cmd("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
-	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "top", "writable": true})
-	w := startCrashWriter(nbdURI(sock, "top"))
-	ops := make(chan int)
-	go func() {
-		n := 0
-		defer func() { ops <- n }()
-		for ; ; n++ {
-			if _, err := d.Try("blockdev-snapshot-internal-sync", map[string]any{"device": "top", "name": fmt.Sprint("s", n)}); err != nil {
-				return
-			}
-			if n >= 2 {
-				if _, err := d.Try("blockdev-snapshot-delete-internal-sync", map[string]any{"device": "top", "name": fmt.Sprint("s", n-2)}); err != nil {
-					return
-				}
+	d, confirmed, n := crashLoop(t, delay, func(d *Daemon, n int) error {
+		if _, err := d.Try("blockdev-snapshot-internal-sync", map[string]any{"device": "top", "name": fmt.Sprint("s", n)}); err != nil {
+			return err
+		}
+		if n >= 2 {
+			if _, err := d.Try("blockdev-snapshot-delete-internal-sync", map[string]any{"device": "top", "name": fmt.Sprint("s", n-2)}); err != nil {
+				return err
 			}
 		}
-	}()
-	time.Sleep(delay)
-	d.cmd.Process.Signal(syscall.SIGKILL)
-	<-d.done
-	confirmed := w.stop()
-	t.Logf("killed %v after the start, after %d snapshots; %d writes confirmed", delay, <-ops, len(confirmed))
+		return nil
+	})
+	t.Logf("killed %v after the start, after %d snapshots; %d writes confirmed", delay, n, len(confirmed))
 	img := d.Path("top.qcow2")
 	out, err := runErr("qemu-img", "check", img)
 	if ex, ok := err.(*exec.ExitError); err != nil && !(ok && ex.ExitCode() == 3) {
@@ -275,38 +292,22 @@ func createJob(d *Daemon, id string, opts map[string]any) error {
 }
 
 func crashCreateOnce(t *testing.T, delay time.Duration) {
-	d := start(t)
-	mkChain(t, d.Dir)
-	addChain(t, d, nil)
-	sock := shortSock(t, "nbd")
-	d.Cmd("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
-	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "top", "writable": true})
-	w := startCrashWriter(nbdURI(sock, "top"))
-	ops := make(chan int)
-	go func() {
-		n := 0
-		defer func() { ops <- n }()
-		for ; ; n++ {
-			img, node := d.Path(fmt.Sprintf("c%d.qcow2", n)), fmt.Sprint("c", n)
-			if createJob(d, "f"+node, map[string]any{"driver": "file", "filename": img, "size": 0}) != nil {
-				return
-			}
-			if _, err := d.Try("blockdev-add", map[string]any{"driver": "file", "node-name": node, "filename": img}); err != nil {
-				return
-			}
-			if createJob(d, "q"+node, map[string]any{"driver": "qcow2", "file": node, "size": 1 << 30, "preallocation": "metadata"}) != nil {
-				return
-			}
-			if _, err := d.Try("blockdev-del", map[string]any{"node-name": node}); err != nil {
-				return
-			}
+	d, confirmed, n := crashLoop(t, delay, func(d *Daemon, n int) error {
+		img, node := d.Path(fmt.Sprintf("c%d.qcow2", n)), fmt.Sprint("c", n)
+		if err := createJob(d, "f"+node, map[string]any{"driver": "file", "filename": img, "size": 0}); err != nil {
+			return err
 		}
-	}()
-	time.Sleep(delay)
-	d.cmd.Process.Signal(syscall.SIGKILL)
-	<-d.done
-	confirmed := w.stop()
-	n := <-ops
+		if _, err := d.Try("blockdev-add", map[string]any{"driver": "file", "node-name": node, "filename": img}); err != nil {
+			return err
+		}
+		if err := createJob(d, "q"+node, map[string]any{"driver": "qcow2", "file": node, "size": 1 << 30, "preallocation": "metadata"}); err != nil {
+			return err
+		}
+		if _, err := d.Try("blockdev-del", map[string]any{"node-name": node}); err != nil {
+			return err
+		}
+		return nil
+	})
 	t.Logf("killed %v after the start, during image %d; %d writes confirmed", delay, n, len(confirmed))
 	for i := 0; i <= n; i++ {
 		img := d.Path(fmt.Sprintf("c%d.qcow2", i))
