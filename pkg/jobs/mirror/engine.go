@@ -271,16 +271,16 @@ func (e *Engine) spliceCopy(ctx context.Context, off int64, n int) (done bool, e
 	if p == nil {
 		return false, nil
 	}
-	if n > p.size {
+	if n > p.Size {
 		e.pipes.put(p)
 		return false, nil
 	}
-	moved, err := e.Source.SpliceRead(ctx, p.w, off, n)
+	moved, err := e.Source.SpliceRead(ctx, p.W, off, n)
 	if err != nil || moved != n {
 		e.pipes.drop(p)
 		return false, nil
 	}
-	err = e.Target.SpliceWrite(ctx, p.r, off, n, 0)
+	err = e.Target.SpliceWrite(ctx, p.R, off, n, 0)
 	if err != nil {
 		e.pipes.drop(p)
 		return !errors.Is(err, block.ErrNoSplice), err
@@ -292,20 +292,23 @@ func (e *Engine) spliceCopy(ctx context.Context, off int64, n int) (done bool, e
 // pipes keeps the empty pipes of Run's copies: at most one per copy in
 // flight, made when first needed.
 type pipes struct {
-	free chan *pipe
+	free chan *block.Pipe
 }
 
-func newPipes(n int) *pipes { return &pipes{free: make(chan *pipe, n)} }
+// pipeBytes is the pipe size asked for: the mirror's copies are 1 MiB.
+const pipeBytes = 1 << 20
+
+func newPipes(n int) *pipes { return &pipes{free: make(chan *block.Pipe, n)} }
 
 // get returns an empty pipe, or nil when none can be made (no splice on
 // this platform, out of descriptors).
-func (ps *pipes) get() *pipe {
+func (ps *pipes) get() *block.Pipe {
 	select {
 	case p := <-ps.free:
 		return p
 	default:
 	}
-	p, err := newPipe()
+	p, err := block.NewPipe(pipeBytes)
 	if err != nil {
 		return nil
 	}
@@ -313,22 +316,22 @@ func (ps *pipes) get() *pipe {
 }
 
 // put keeps an empty pipe.
-func (ps *pipes) put(p *pipe) {
+func (ps *pipes) put(p *block.Pipe) {
 	select {
 	case ps.free <- p:
 	default:
-		p.close()
+		p.Close()
 	}
 }
 
 // drop closes a pipe that may hold bytes.
-func (ps *pipes) drop(p *pipe) { p.close() }
+func (ps *pipes) drop(p *block.Pipe) { p.Close() }
 
 func (ps *pipes) close() {
 	for {
 		select {
 		case p := <-ps.free:
-			p.close()
+			p.Close()
 		default:
 			return
 		}
