@@ -130,33 +130,33 @@ func runOnce(name, dir, orig string, c jobCase, size, warm int64) measured {
 	benchutil.MustRun("cat", imgs...)
 
 	d := startDaemon(name, dir)
-	defer d.kill() // if a step below fails before quit
+	defer d.Kill() // if a step below fails before quit
 	for _, n := range nodes {
-		d.cmd1("blockdev-add", nodeOptions(run, n))
+		d.Cmd1("blockdev-add", nodeOptions(run, n))
 	}
 	args := map[string]any{"job-id": "j0"}
 	maps.Copy(args, c.args)
 
 	var m measured
 	faultIn(warm)
-	pid := d.cmd.Process.Pid
+	pid := d.Cmd.Process.Pid
 	cpu0 := benchutil.CPUSeconds(pid)
 	stopPerf := startPerf(pid, name, c.name)
 	t0 := time.Now()
-	d.cmd1(c.command, args)
-	d.wait(c.until)
+	d.Cmd1(c.command, args)
+	waitJob(d, c.until)
 	m.secs = time.Since(t0).Seconds()
 	stopPerf()
 	m.cpu = benchutil.CPUSeconds(pid) - cpu0
 	m.rss = benchutil.PeakRSS(pid)
 	if c.until == "BLOCK_JOB_READY" {
 		t0 = time.Now()
-		d.cmd1("block-job-complete", map[string]any{"device": "j0"})
-		d.wait("BLOCK_JOB_COMPLETED")
+		d.Cmd1("block-job-complete", map[string]any{"device": "j0"})
+		waitJob(d, "BLOCK_JOB_COMPLETED")
 		m.finish = time.Since(t0).Seconds()
 	}
 	t0 = time.Now()
-	d.quit()
+	d.Quit()
 	m.quit = time.Since(t0).Seconds()
 	if c.target {
 		st, err := os.Stat(filepath.Join(run, "target.qcow2"))
@@ -167,12 +167,12 @@ func runOnce(name, dir, orig string, c jobCase, size, warm int64) measured {
 	return m
 }
 
-// wait waits for the job's event called until and panics if the job
+// waitJob waits for the job's event called until and panics if the job
 // ends with an error first.
-func (d *daemon) wait(until string) {
-	ev, data := d.waitEvent(until, "BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED")
+func waitJob(d *daemon, until string) {
+	ev, data := d.WaitEvent(until, "BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED")
 	if e, ok := data["error"]; ok || ev == "BLOCK_JOB_CANCELLED" || ev != until {
-		panic(fmt.Sprintf("%s: job ended with %s before %s: %v", d.name, ev, until, e))
+		panic(fmt.Sprintf("%s: job ended with %s before %s: %v", d.Name, ev, until, e))
 	}
 }
 

@@ -20,12 +20,9 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"flag"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -151,36 +148,36 @@ func migrate(p pair, dir string, verify bool) (secs, srcCPU, dstCPU float64) {
 	os.Remove(dst)
 	benchutil.MustRun("qemu-img", "create", "-q", "-f", "qcow2", dst, *sizeFlag)
 	d := startDaemon(p.dst, dir, "dst")
-	defer d.kill()
+	defer d.Kill()
 	sock := filepath.Join(dir, "dst-nbd.sock")
 	os.Remove(sock)
-	d.cmd1("blockdev-add", qcow2Node("dst", dst, ""))
-	d.cmd1("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
-	d.cmd1("block-export-add", map[string]any{"type": "nbd", "id": "dst", "node-name": "dst", "writable": true})
+	d.Cmd1("blockdev-add", qcow2Node("dst", dst, ""))
+	d.Cmd1("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
+	d.Cmd1("block-export-add", map[string]any{"type": "nbd", "id": "dst", "node-name": "dst", "writable": true})
 
 	s := startDaemon(p.src, dir, "src")
-	defer s.kill()
-	s.cmd1("blockdev-add", qcow2Node("base", filepath.Join(dir, "base.qcow2"), ""))
-	s.cmd1("blockdev-add", qcow2Node("mid", filepath.Join(dir, "mid.qcow2"), "base"))
-	s.cmd1("blockdev-add", qcow2Node("top", filepath.Join(dir, "top.qcow2"), "mid"))
-	s.cmd1("blockdev-add", map[string]any{"driver": "nbd", "node-name": "tgt", "export": "dst",
+	defer s.Kill()
+	s.Cmd1("blockdev-add", qcow2Node("base", filepath.Join(dir, "base.qcow2"), ""))
+	s.Cmd1("blockdev-add", qcow2Node("mid", filepath.Join(dir, "mid.qcow2"), "base"))
+	s.Cmd1("blockdev-add", qcow2Node("top", filepath.Join(dir, "top.qcow2"), "mid"))
+	s.Cmd1("blockdev-add", map[string]any{"driver": "nbd", "node-name": "tgt", "export": "dst",
 		"server": map[string]any{"type": "unix", "path": sock}})
 
-	s0, d0 := benchutil.CPUSeconds(s.cmd.Process.Pid), benchutil.CPUSeconds(d.cmd.Process.Pid)
+	s0, d0 := benchutil.CPUSeconds(s.Cmd.Process.Pid), benchutil.CPUSeconds(d.Cmd.Process.Pid)
 	start := time.Now()
-	s.cmd1("blockdev-mirror", map[string]any{"job-id": "mig", "device": "top", "target": "tgt", "sync": "full"})
-	if ev, data := s.waitEvent("BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED"); ev != "BLOCK_JOB_READY" {
+	s.Cmd1("blockdev-mirror", map[string]any{"job-id": "mig", "device": "top", "target": "tgt", "sync": "full"})
+	if ev, data := s.WaitEvent("BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED"); ev != "BLOCK_JOB_READY" {
 		panic(fmt.Sprintf("%s: the mirror ended before READY: %v", p, data))
 	}
-	s.cmd1("block-job-complete", map[string]any{"device": "mig"})
-	if _, data := s.waitEvent("BLOCK_JOB_COMPLETED"); data["error"] != nil {
+	s.Cmd1("block-job-complete", map[string]any{"device": "mig"})
+	if _, data := s.WaitEvent("BLOCK_JOB_COMPLETED"); data["error"] != nil {
 		panic(fmt.Sprintf("%s: the mirror failed: %v", p, data["error"]))
 	}
 	secs = time.Since(start).Seconds()
-	srcCPU = benchutil.CPUSeconds(s.cmd.Process.Pid) - s0
-	dstCPU = benchutil.CPUSeconds(d.cmd.Process.Pid) - d0
-	s.quit()
-	d.quit()
+	srcCPU = benchutil.CPUSeconds(s.Cmd.Process.Pid) - s0
+	dstCPU = benchutil.CPUSeconds(d.Cmd.Process.Pid) - d0
+	s.Quit()
+	d.Quit()
 	if verify {
 		benchutil.MustRun("qemu-img", "check", "-q", dst)
 		benchutil.MustRun("qemu-img", "compare", "-q", filepath.Join(dir, "top.qcow2"), dst)
@@ -196,19 +193,19 @@ func writeRate(kind, dir, raw string, data int64) float64 {
 	os.Remove(dst)
 	benchutil.MustRun("qemu-img", "create", "-q", "-f", "qcow2", dst, *sizeFlag)
 	d := startDaemon(kind, dir, "aim")
-	defer d.kill()
+	defer d.Kill()
 	sock := filepath.Join(dir, "aim-nbd.sock")
 	os.Remove(sock)
-	d.cmd1("blockdev-add", qcow2Node("dst", dst, ""))
-	d.cmd1("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
-	d.cmd1("block-export-add", map[string]any{"type": "nbd", "id": "dst", "node-name": "dst", "writable": true})
+	d.Cmd1("blockdev-add", qcow2Node("dst", dst, ""))
+	d.Cmd1("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
+	d.Cmd1("block-export-add", map[string]any{"type": "nbd", "id": "dst", "node-name": "dst", "writable": true})
 	benchutil.MustRun("cat", raw) // into the page cache, as the chain is
 	start := time.Now()
 	// --target-is-zero: the image is new, as the migration's target is
 	// (whose mirror skips what the chain leaves unallocated).
 	benchutil.MustRun("nbdcopy", "--target-is-zero", raw, "nbd+unix:///dst?socket="+sock)
 	secs := time.Since(start).Seconds()
-	d.quit()
+	d.Quit()
 	return mib(data) / secs
 }
 
@@ -269,13 +266,7 @@ func makeRaw(path string, n int64) {
 
 func mib(n int64) float64 { return float64(n) / (1 << 20) }
 
-type daemon struct {
-	name string
-	cmd  *exec.Cmd
-	conn net.Conn
-	dec  *json.Decoder
-	ev   []map[string]any // events not yet waited for
-}
+type daemon = benchutil.Daemon
 
 // startDaemon starts a daemon of kind whose QMP socket is named by role.
 func startDaemon(kind, dir, role string) *daemon {
@@ -298,92 +289,5 @@ func startDaemon(kind, dir, role string) *daemon {
 		cmd.Env = append(os.Environ(), "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=1073741824")
 	}
 	benchutil.Check(cmd.Start())
-	var conn net.Conn
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var err error
-		if conn, err = net.Dial("unix", sock); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			panic(kind + " did not start")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	d := &daemon{name: kind + " " + role, cmd: cmd, conn: conn, dec: json.NewDecoder(bufio.NewReader(conn))}
-	var greeting map[string]any
-	d.deadline()
-	benchutil.Check(d.dec.Decode(&greeting))
-	d.cmd1("qmp_capabilities", nil)
-	return d
-}
-
-// cmd1 runs one QMP command and panics if it fails; events that arrive
-// meanwhile are kept for waitEvent.
-func (d *daemon) cmd1(name string, args any) {
-	req := map[string]any{"execute": name}
-	if args != nil {
-		req["arguments"] = args
-	}
-	b, err := json.Marshal(req)
-	benchutil.Check(err)
-	_, err = d.conn.Write(append(b, '\n'))
-	benchutil.Check(err)
-	d.deadline()
-	for {
-		var m map[string]any
-		benchutil.Check(d.dec.Decode(&m))
-		switch {
-		case m["event"] != nil:
-			d.ev = append(d.ev, m)
-		case m["error"] != nil:
-			panic(fmt.Sprintf("%s: %s %s: %v", d.name, name, b, m["error"]))
-		default:
-			return
-		}
-	}
-}
-
-// waitEvent returns the name and data of the next event called one of
-// names.
-func (d *daemon) waitEvent(names ...string) (string, map[string]any) {
-	d.deadline()
-	for {
-		var m map[string]any
-		if len(d.ev) > 0 {
-			m, d.ev = d.ev[0], d.ev[1:]
-		} else {
-			benchutil.Check(d.dec.Decode(&m))
-		}
-		name, _ := m["event"].(string)
-		if slices.Contains(names, name) {
-			data, _ := m["data"].(map[string]any)
-			return name, data
-		}
-	}
-}
-
-// deadline makes a daemon that stops answering fail the run rather
-// than hang it.
-func (d *daemon) deadline() {
-	benchutil.Check(d.conn.SetReadDeadline(time.Now().Add(2 * time.Minute)))
-}
-
-// quit asks the daemon to exit and waits until it has.
-func (d *daemon) quit() {
-	_, err := d.conn.Write([]byte(`{"execute": "quit"}` + "\n"))
-	benchutil.Check(err)
-	io.Copy(io.Discard, d.conn)
-	d.conn.Close()
-	if err := d.cmd.Wait(); err != nil {
-		panic(fmt.Sprintf("%s: %v", d.name, err))
-	}
-}
-
-// kill stops a daemon that has not exited yet.
-func (d *daemon) kill() {
-	if d.cmd.ProcessState == nil {
-		d.cmd.Process.Kill()
-		d.cmd.Wait()
-	}
+	return benchutil.Connect(kind+" "+role, cmd, sock)
 }

@@ -23,12 +23,9 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"flag"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -94,40 +91,40 @@ func main() {
 		for _, name := range order {
 			x := res[name]
 			d := startDaemon(name, dir, c)
-			d.cmd1("blockdev-add", map[string]any{"driver": "rbd", "node-name": "disk", "pool": "rbd", "image": "fio", "conf": c.Conf})
+			d.Cmd1("blockdev-add", map[string]any{"driver": "rbd", "node-name": "disk", "pool": "rbd", "image": "fio", "conf": c.Conf})
 			sock := filepath.Join(dir, name+"-nbd.sock")
 			os.Remove(sock)
-			d.cmd1("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
-			d.cmd1("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "disk", "writable": true})
+			d.Cmd1("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
+			d.Cmd1("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "disk", "writable": true})
 			uri := "nbd+unix:///disk?socket=" + sock
 			perIO := func(cpu, iops float64) float64 { return cpu / (iops * float64(*fioSeconds)) * 1e6 }
-			cpu0 := benchutil.CPUSeconds(d.cmd.Process.Pid)
+			cpu0 := benchutil.CPUSeconds(d.Cmd.Process.Pid)
 			iops := fio(uri, "randread")
-			cpu1 := benchutil.CPUSeconds(d.cmd.Process.Pid)
+			cpu1 := benchutil.CPUSeconds(d.Cmd.Process.Pid)
 			x.read, x.readCPU = append(x.read, iops), append(x.readCPU, perIO(cpu1-cpu0, iops))
 			iops = fio(uri, "randwrite")
-			cpu2 := benchutil.CPUSeconds(d.cmd.Process.Pid)
+			cpu2 := benchutil.CPUSeconds(d.Cmd.Process.Pid)
 			x.write, x.writeCPU = append(x.write, iops), append(x.writeCPU, perIO(cpu2-cpu1, iops))
-			d.quit()
+			d.Quit()
 
 			img := fmt.Sprintf("mirror-%s-%d", name, r)
 			_, err := c.RBD("create", "--size", *mirrorSize, "rbd/"+img)
 			benchutil.Check(err)
 			d = startDaemon(name, dir, c)
-			d.cmd1("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "src", "file": map[string]any{"driver": "file", "filename": mirrorSrc}})
-			d.cmd1("blockdev-add", map[string]any{"driver": "rbd", "node-name": "tgt", "pool": "rbd", "image": img, "conf": c.Conf})
-			cpu0 = benchutil.CPUSeconds(d.cmd.Process.Pid)
+			d.Cmd1("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "src", "file": map[string]any{"driver": "file", "filename": mirrorSrc}})
+			d.Cmd1("blockdev-add", map[string]any{"driver": "rbd", "node-name": "tgt", "pool": "rbd", "image": img, "conf": c.Conf})
+			cpu0 = benchutil.CPUSeconds(d.Cmd.Process.Pid)
 			t0 := time.Now()
-			d.cmd1("blockdev-mirror", map[string]any{"job-id": "m", "device": "src", "target": "tgt", "sync": "full"})
-			if ev, data := d.waitEvent("BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED"); ev != "BLOCK_JOB_READY" {
+			d.Cmd1("blockdev-mirror", map[string]any{"job-id": "m", "device": "src", "target": "tgt", "sync": "full"})
+			if ev, data := d.WaitEvent("BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED"); ev != "BLOCK_JOB_READY" {
 				panic(fmt.Sprintf("%s: mirror ended early: %v", name, data))
 			}
 			secs := time.Since(t0).Seconds()
-			x.mirrorCPU = append(x.mirrorCPU, benchutil.CPUSeconds(d.cmd.Process.Pid)-cpu0)
+			x.mirrorCPU = append(x.mirrorCPU, benchutil.CPUSeconds(d.Cmd.Process.Pid)-cpu0)
 			x.mirror = append(x.mirror, float64(imgBytes(*mirrorSize))/(1<<20)/secs)
-			d.cmd1("block-job-cancel", map[string]any{"device": "m"})
-			d.waitEvent("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED")
-			d.quit()
+			d.Cmd1("block-job-cancel", map[string]any{"device": "m"})
+			d.WaitEvent("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED")
+			d.Quit()
 			_, err = c.RBD("rm", "--no-progress", "rbd/"+img)
 			benchutil.Check(err)
 		}
@@ -185,13 +182,7 @@ func imgBytes(s string) int64 {
 	return n
 }
 
-type daemon struct {
-	name string
-	cmd  *exec.Cmd
-	conn net.Conn
-	dec  *json.Decoder
-	ev   []map[string]any
-}
+type daemon = benchutil.Daemon
 
 func startDaemon(name, dir string, c *cephtest.Cluster) *daemon {
 	sock := filepath.Join(dir, name+"-qmp.sock")
@@ -208,69 +199,5 @@ func startDaemon(name, dir string, c *cephtest.Cluster) *daemon {
 	cmd.Stdout, cmd.Stderr = log, log
 	benchutil.Check(cmd.Start())
 	log.Close()
-	var conn net.Conn
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if conn, err = net.Dial("unix", sock); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			panic(name + " did not start")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	d := &daemon{name: name, cmd: cmd, conn: conn, dec: json.NewDecoder(bufio.NewReader(conn))}
-	var greeting map[string]any
-	benchutil.Check(d.dec.Decode(&greeting))
-	d.cmd1("qmp_capabilities", nil)
-	return d
-}
-
-func (d *daemon) cmd1(name string, args any) {
-	req := map[string]any{"execute": name}
-	if args != nil {
-		req["arguments"] = args
-	}
-	b, err := json.Marshal(req)
-	benchutil.Check(err)
-	_, err = d.conn.Write(append(b, '\n'))
-	benchutil.Check(err)
-	for {
-		var m map[string]any
-		benchutil.Check(d.dec.Decode(&m))
-		switch {
-		case m["event"] != nil:
-			d.ev = append(d.ev, m)
-		case m["error"] != nil:
-			panic(fmt.Sprintf("%s: %s %s: %v", d.name, name, b, m["error"]))
-		default:
-			return
-		}
-	}
-}
-
-func (d *daemon) waitEvent(names ...string) (string, map[string]any) {
-	for {
-		var m map[string]any
-		if len(d.ev) > 0 {
-			m, d.ev = d.ev[0], d.ev[1:]
-		} else {
-			benchutil.Check(d.dec.Decode(&m))
-		}
-		name, _ := m["event"].(string)
-		if slices.Contains(names, name) {
-			data, _ := m["data"].(map[string]any)
-			return name, data
-		}
-	}
-}
-
-func (d *daemon) quit() {
-	_, err := d.conn.Write([]byte(`{"execute": "quit"}` + "\n"))
-	benchutil.Check(err)
-	io.Copy(io.Discard, d.conn)
-	d.conn.Close()
-	if err := d.cmd.Wait(); err != nil {
-		panic(fmt.Sprintf("%s: %v", d.name, err))
-	}
+	return benchutil.Connect(name, cmd, sock)
 }
