@@ -55,10 +55,17 @@ func (c *Child) SpliceRead(ctx context.Context, pipe int, off int64, n int) (int
 
 // plainRange says whether a fast path (splice, a read that must not
 // wait) may hand [off, off+n) straight to the driver: inside the node
-// (past the end a node reads zeroes, which no file holds), aligned and
-// small enough that the generic layer would neither pad nor split it.
+// (past the end a node reads zeroes, which no file holds) and of a shape
+// the generic layer would pass on as it is (plainShape).
 func (nd *Node) plainRange(off, n int64) bool {
-	if n <= 0 || checkRange(off, n) != nil || off+n > nd.Size() {
+	return nd.plainShape(off, n) && off+n <= nd.Size()
+}
+
+// plainShape says whether the generic layer would neither pad nor split
+// a request for [off, off+n): aligned, and no larger than the driver
+// takes at once. A write past the end may still be refused (checkIO).
+func (nd *Node) plainShape(off, n int64) bool {
+	if n <= 0 || checkRange(off, n) != nil {
 		return false
 	}
 	l := nd.caps.Load().Limits
@@ -91,37 +98,54 @@ func (r *Root) SpliceRead(ctx context.Context, pipe int, off int64, n int) (int,
 }
 
 // A SpliceWriter is a driver that can take a write's data straight from
-// a pipe: the NBD client splices it into its socket, so that a job
-// copying into an NBD export (a migration's mirror) moves page cache
-// pages of the source by reference, where ReadAt and WriteAt copy every
-// byte twice in blockd (into a buffer, out of it into the socket).
+// a pipe: the NBD client splices it into its socket, the file driver into
+// its page cache, a format (raw, qcow2) into its file where the data goes.
+// A job copying between such nodes (a mirror's or a migration's copy)
+// moves the source's page cache pages by reference, where ReadAt and
+// WriteAt copy every byte twice in blockd (into a buffer, out of it).
 type SpliceWriter interface {
+	// SpliceWritable says whether writes can take the pipe path at all
+	// as the node is open now: a file opened with O_DIRECT cannot, nor a
+	// format whose file cannot. A caller asks (through CanSpliceWrite)
+	// before it fills a pipe.
+	SpliceWritable() bool
 	// SpliceWrite writes n bytes at off, taken from the pipe whose read
 	// end is the file descriptor pipe (which holds at least n bytes). On
 	// an error the pipe may still hold some of them: the caller discards
 	// it. ErrNoSplice says the write was not acknowledged and is to be
 	// made again with WriteAt (the NBD client lost its connection after
-	// it had read the pipe, and resends only from memory).
+	// it had read the pipe, and resends only from memory; a format met a
+	// part of its file that cannot splice).
 	SpliceWrite(ctx context.Context, pipe int, off int64, n int, f Flags) error
 }
 
-// CanSpliceWrite reports whether SpliceWrite can write n bytes at off
-// through the root: the node under it takes writes from a pipe, and
-// nothing between the root and the driver needs to see the data
-// (detect-zeroes, blkdebug's events, an alignment or size the generic
-// layer would fix up). A caller asks before it fills a pipe.
-func (r *Root) CanSpliceWrite(off int64, n int) bool {
-	nd := r.child.Node()
-	if _, ok := nd.impl.(SpliceWriter); !ok {
+// spliceWritable is the node's half of CanSpliceWrite, whatever the
+// range: the driver takes writes from a pipe now, and nothing in the
+// generic layer needs to see the data (detect-zeroes, blkdebug's events).
+func (nd *Node) spliceWritable() bool {
+	s, ok := nd.impl.(SpliceWriter)
+	if !ok || !s.SpliceWritable() {
 		return false
 	}
 	if _, ok := nd.impl.(DebugEventer); ok {
 		return false
 	}
-	if dz := nd.common.DetectZeroes; dz != "" && dz != DetectZeroesOff {
-		return false
-	}
-	return nd.plainRange(off, int64(n))
+	dz := nd.common.DetectZeroes
+	return dz == "" || dz == DetectZeroesOff
+}
+
+// SpliceWritable says whether the child's node takes writes from a pipe
+// as it is open now (see SpliceWriter); a format asks it of its file.
+func (c *Child) SpliceWritable() bool { return c.Node().spliceWritable() }
+
+// CanSpliceWrite reports whether SpliceWrite can write n bytes at off
+// through the root: the node under it takes writes from a pipe, and
+// nothing between the root and the driver needs to see the data (see
+// spliceWritable, and no alignment or size the generic layer would fix
+// up). A caller asks before it fills a pipe.
+func (r *Root) CanSpliceWrite(off int64, n int) bool {
+	nd := r.child.Node()
+	return nd.spliceWritable() && nd.plainRange(off, int64(n))
 }
 
 // SpliceWrite writes n bytes at off, taken from a pipe, through the root
@@ -147,8 +171,22 @@ func (r *Root) SpliceWrite(ctx context.Context, pipe int, off int64, n int, f Fl
 	return err
 }
 
+// SpliceWrite writes n bytes at off of the child's node, taken from a
+// pipe, as SpliceWriter says: a format writes its data into its file
+// with it, and may grow the file as WriteAt does. ErrNoSplice, before
+// the pipe is touched, when the node cannot (see SpliceWritable) or the
+// range is not one the driver takes as it is.
+func (c *Child) SpliceWrite(ctx context.Context, pipe int, off int64, n int, f Flags) error {
+	nd := c.Node()
+	if !nd.spliceWritable() || !nd.plainShape(off, int64(n)) {
+		return ErrNoSplice
+	}
+	return c.spliceWrite(ctx, pipe, off, n, f)
+}
+
 // spliceWrite is Child.WriteAt for data in a pipe: the same checks,
-// bitmaps and counters; the caller checked the node with CanSpliceWrite.
+// bitmaps and counters; the caller checked the node as CanSpliceWrite
+// does.
 func (c *Child) spliceWrite(ctx context.Context, pipe int, off int64, n int, f Flags) error {
 	nd := c.Node()
 	length := int64(n)

@@ -2,6 +2,7 @@ package file
 
 import (
 	"context"
+	"io"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -38,6 +39,40 @@ func (d *file) SpliceRead(ctx context.Context, pipe int, off int64, n int) (int,
 		moved += int(k)
 	}
 	return moved, nil
+}
+
+// SpliceWritable implements block.SpliceWriter: a file opened with
+// O_DIRECT writes with WriteAt, where its alignment rules live.
+func (d *file) SpliceWritable() bool { return !d.direct }
+
+// SpliceWrite implements block.SpliceWriter: splice(2) copies the pipe's
+// pages into the file's page cache, the one copy a write must make (a
+// pread into a buffer and a pwrite out of it make two).
+func (d *file) SpliceWrite(ctx context.Context, pipe int, off int64, n int, f block.Flags) error {
+	if d.direct {
+		return block.ErrNoSplice
+	}
+	done := 0
+	for done < n {
+		o := off + int64(done)
+		k, err := unix.Splice(pipe, nil, d.fd, &o, n-done, unix.SPLICE_F_MOVE)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return ioErr("write", d.name, err)
+		}
+		if k == 0 {
+			// The caller promised n bytes in the pipe.
+			return ioErr("write", d.name, io.ErrUnexpectedEOF)
+		}
+		done += int(k)
+	}
+	if f&block.FlagFUA != 0 {
+		return d.Flush(ctx)
+	}
+	d.startWriteBack(off, int64(n))
+	return nil
 }
 
 // ReadNoWait implements block.NoWaitReader with preadv2(RWF_NOWAIT): the

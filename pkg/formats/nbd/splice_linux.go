@@ -11,6 +11,10 @@ import (
 	"github.com/blockd/blockd/pkg/nbd/wire"
 )
 
+// SpliceWritable implements block.SpliceWriter: a connection lost after
+// the pipe was read is SpliceWrite's to report.
+func (d *driver) SpliceWritable() bool { return true }
+
 // SpliceWrite implements block.SpliceWriter: the request header is
 // written, then the payload is spliced from the pipe into the socket, so
 // that page cache pages a job spliced into the pipe (a mirror's source)

@@ -126,13 +126,19 @@ func (q *image) WriteAt(ctx context.Context, p []byte, off int64, f block.Flags)
 
 // write writes guest data; the caller holds ioGate shared.
 func (q *image) write(ctx context.Context, p []byte, off int64) error {
-	for len(p) > 0 {
-		n, err := q.writeStep(ctx, p, off)
+	src := payload{p: p, pipe: -1}
+	return q.writePayload(ctx, &src, int64(len(p)), off)
+}
+
+// writePayload writes the n bytes of src at off, a step at a time.
+func (q *image) writePayload(ctx context.Context, src *payload, n, off int64) error {
+	for n > 0 {
+		k, err := q.writeStep(ctx, src, n, off)
 		if err != nil {
 			return err
 		}
-		p = p[n:]
-		off += n
+		n -= k
+		off += k
 	}
 	return nil
 }
@@ -167,16 +173,17 @@ func reusable(s *cstate) bool {
 // maxRun bounds the clusters one allocation covers.
 const maxRun = 4096
 
-// writeStep writes a prefix of p at off and returns its length. Either it
+// writeStep writes a prefix of the n bytes of src at off and returns its
+// length (src has given them up). Either it
 // writes in place into allocated clusters (the fast path: the metadata
 // mutex is only taken for the lookup), or it allocates: host clusters are
 // reserved under the mutex, guest data and copy-on-write data are written
 // without it, and the new mapping is linked under it again.
-func (q *image) writeStep(ctx context.Context, p []byte, off int64) (int64, error) {
+func (q *image) writeStep(ctx context.Context, src *payload, n, off int64) (int64, error) {
 	q.mu.Lock()
 	gc := off >> q.clusterBits
 	rel := off & (q.clusterSize - 1)
-	first := min(int64(len(p)), q.clusterSize-rel)
+	first := min(n, q.clusterSize-rel)
 	s, err := q.stateLocked(ctx, gc)
 	if err != nil {
 		q.mu.Unlock()
@@ -184,13 +191,13 @@ func (q *image) writeStep(ctx context.Context, p []byte, off int64) (int64, erro
 	}
 	if q.inPlace(&s, rel, rel+first) {
 		host, total := s.host+rel, first
-		for total < int64(len(p)) {
-			n := min(int64(len(p))-total, q.clusterSize)
+		for total < n {
+			k := min(n-total, q.clusterSize)
 			s2, err := q.stateLocked(ctx, gc+(rel+total)>>q.clusterBits)
-			if err != nil || !q.inPlace(&s2, 0, n) || s2.host != host+total {
+			if err != nil || !q.inPlace(&s2, 0, k) || s2.host != host+total {
 				break
 			}
-			total += n
+			total += k
 		}
 		if what := q.overlapLocked(host, total); what != "" {
 			err := q.corruptLocked(ctx, host, total, "Preventing invalid write on metadata (overlaps with %s)", what)
@@ -199,7 +206,7 @@ func (q *image) writeStep(ctx context.Context, p []byte, off int64) (int64, erro
 		}
 		q.mu.Unlock()
 		q.event(block.DebugWriteAIO)
-		if err := q.file.WriteAt(ctx, p[:total], host, 0); err != nil {
+		if err := src.writeTo(ctx, q.file, host, total); err != nil {
 			return 0, q.ioError("write", err)
 		}
 		return total, nil
@@ -208,13 +215,13 @@ func (q *image) writeStep(ctx context.Context, p []byte, off int64) (int64, erro
 		q.mu.Unlock()
 		return 0, wait(ctx, ch)
 	}
-	w, err := q.allocateLocked(ctx, gc, s, p, off)
+	w, err := q.allocateLocked(ctx, gc, s, n, off)
 	if err != nil {
 		q.mu.Unlock()
 		return 0, err
 	}
 	q.mu.Unlock()
-	return w.run(ctx, p)
+	return w.run(ctx, src)
 }
 
 func wait(ctx context.Context, ch chan struct{}) error {
@@ -232,7 +239,7 @@ type allocWrite struct {
 	q      *image
 	gc     int64 // first guest cluster
 	off    int64 // guest offset of the write
-	n      int64 // bytes of p it writes
+	n      int64 // bytes of the payload it writes
 	host   int64 // host offset of the first cluster
 	reuse  bool  // the host cluster is the one already mapped
 	fresh  bool  // the host clusters were never written: they read as zeroes
@@ -244,9 +251,9 @@ type allocWrite struct {
 }
 
 // allocateLocked reserves host clusters for a write starting in cluster
-// gc (state s): the cluster itself and the following ones the write
-// covers that also need a new host cluster.
-func (q *image) allocateLocked(ctx context.Context, gc int64, s cstate, p []byte, off int64) (*allocWrite, error) {
+// gc (state s) of n bytes at off: the cluster itself and the following
+// ones the write covers that also need a new host cluster.
+func (q *image) allocateLocked(ctx context.Context, gc int64, s cstate, n, off int64) (*allocWrite, error) {
 	if err := q.markDirtyLocked(ctx); err != nil {
 		return nil, err
 	}
@@ -255,10 +262,10 @@ func (q *image) allocateLocked(ctx context.Context, gc int64, s cstate, p []byte
 	if reusable(&s) {
 		w.reuse, w.host = true, s.host
 		w.old = []cstate{s}
-		w.n = min(int64(len(p)), q.clusterSize-rel)
+		w.n = min(n, q.clusterSize-rel)
 	} else {
 		w.old = append(w.old, s)
-		end := off + int64(len(p))
+		end := off + n
 		for k := int64(1); k < maxRun; k++ {
 			c := gc + k
 			if c<<q.clusterBits >= end {
@@ -283,7 +290,7 @@ func (q *image) allocateLocked(ctx context.Context, gc int64, s cstate, p []byte
 		w.old = w.old[:got]
 		w.host = start << q.clusterBits
 		w.fresh = fresh
-		w.n = min(int64(len(p)), (gc+got)<<q.clusterBits-off)
+		w.n = min(n, (gc+got)<<q.clusterBits-off)
 	}
 	// The new states.
 	all := q.allSubs()
@@ -355,9 +362,9 @@ func (w *allocWrite) fills(i int) []piece {
 
 // run writes the data and the copy-on-write data, then links the new
 // mapping. On failure the reserved clusters are released.
-func (w *allocWrite) run(ctx context.Context, p []byte) (int64, error) {
+func (w *allocWrite) run(ctx context.Context, src *payload) (int64, error) {
 	q := w.q
-	err := w.writeData(ctx, p[:w.n])
+	err := w.writeData(ctx, src)
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	defer func() {
@@ -417,9 +424,9 @@ func (w *allocWrite) linkLocked(ctx context.Context) error {
 // gathered into one buffer and written at once.
 const smallWrite = 256 << 10
 
-// writeData writes the guest data of the allocating write and the old
-// contents the new clusters keep.
-func (w *allocWrite) writeData(ctx context.Context, data []byte) error {
+// writeData writes the guest data of the allocating write (w.n bytes of
+// src) and the old contents the new clusters keep.
+func (w *allocWrite) writeData(ctx context.Context, src *payload) error {
 	q := w.q
 	type fill struct {
 		off int64 // host
@@ -441,12 +448,12 @@ func (w *allocWrite) writeData(ctx context.Context, data []byte) error {
 	dataHost := w.host + (w.off - w.gc<<q.clusterBits)
 	if len(fs) == 0 {
 		q.event(block.DebugWriteAIO)
-		if err := q.file.WriteAt(ctx, data, dataHost, 0); err != nil {
+		if err := src.writeTo(ctx, q.file, dataHost, w.n); err != nil {
 			return q.ioError("write", err)
 		}
 		return nil
 	}
-	lo, hi := dataHost, dataHost+int64(len(data))
+	lo, hi := dataHost, dataHost+w.n
 	for _, f := range fs {
 		lo, hi = min(lo, f.off), max(hi, f.off+int64(len(f.buf)))
 	}
@@ -455,7 +462,9 @@ func (w *allocWrite) writeData(ctx context.Context, data []byte) error {
 		for _, f := range fs {
 			copy(buf[f.off-lo:], f.buf)
 		}
-		copy(buf[dataHost-lo:], data)
+		if err := src.readInto(buf[dataHost-lo : dataHost-lo+w.n]); err != nil {
+			return err
+		}
 		q.event(block.DebugCOWWrite)
 		if err := q.file.WriteAt(ctx, buf, lo, 0); err != nil {
 			return q.ioError("write", err)
@@ -469,7 +478,7 @@ func (w *allocWrite) writeData(ctx context.Context, data []byte) error {
 		}
 	}
 	q.event(block.DebugWriteAIO)
-	if err := q.file.WriteAt(ctx, data, dataHost, 0); err != nil {
+	if err := src.writeTo(ctx, q.file, dataHost, w.n); err != nil {
 		return q.ioError("write", err)
 	}
 	return nil

@@ -58,3 +58,28 @@ func (q *image) spliceExtent(ctx context.Context, pipe int, x extent) (int, erro
 	}
 	return 0, block.ErrNoSplice
 }
+
+// SpliceWritable implements block.SpliceWriter: the data clusters are
+// the file's bytes, so the image takes writes from a pipe when its file
+// does.
+func (q *image) SpliceWritable() bool {
+	return q.usable() == nil && q.file.SpliceWritable()
+}
+
+// SpliceWrite implements block.SpliceWriter: the write maps and
+// allocates clusters as WriteAt does, and each run of host clusters
+// takes its bytes from the pipe through the file's SpliceWrite. A mirror
+// into a new image moves its data with one copy in the kernel (the
+// pipe's pages into the target's page cache) and none in blockd.
+func (q *image) SpliceWrite(ctx context.Context, pipe int, off int64, n int, f block.Flags) error {
+	if f&block.FlagCompressed != 0 {
+		return block.ErrNoSplice
+	}
+	if err := q.usable(); err != nil {
+		return err
+	}
+	q.ioGate.RLock()
+	defer q.ioGate.RUnlock()
+	src := payload{pipe: pipe}
+	return q.writePayload(ctx, &src, int64(n), off)
+}

@@ -100,6 +100,16 @@ func (d *raw) WriteAt(ctx context.Context, p []byte, off int64, f block.Flags) e
 	return d.file.WriteAt(ctx, p, off+d.offset, f)
 }
 
+// SpliceWritable implements block.SpliceWriter: as the file can.
+func (d *raw) SpliceWritable() bool { return d.file.SpliceWritable() }
+
+// SpliceWrite implements block.SpliceWriter: the bytes go to the file,
+// shifted.
+func (d *raw) SpliceWrite(ctx context.Context, pipe int, off int64, n int, f block.Flags) error {
+	block.DebugEvent(d.file, block.DebugWriteAIO)
+	return d.file.SpliceWrite(ctx, pipe, off+d.offset, n, f)
+}
+
 func (d *raw) Zero(ctx context.Context, off, n int64, f block.Flags) error {
 	return d.file.Zero(ctx, off+d.offset, n, f)
 }
