@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/blockd/blockd/pkg/block"
 	"github.com/blockd/blockd/pkg/block/blocktest"
 	_ "github.com/blockd/blockd/pkg/formats/file"
@@ -125,5 +127,73 @@ func TestReadNoWait(t *testing.T) {
 	}
 	if err := plain.ReadNoWait(ctx, p, int64(len(data))-512-1024); !errors.Is(err, block.ErrOutOfRange) {
 		t.Fatalf("past the end: %v, want out of range", err)
+	}
+}
+
+// TestSpliceWrite writes ranges of a raw node over a real file from a
+// pipe and checks the file's bytes (the window shifts them), and the
+// refusals that come before the pipe is touched.
+func TestSpliceWrite(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "disk.raw")
+	want := make([]byte, 1<<20)
+	if err := os.WriteFile(path, want, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	g := blocktest.NewGraph()
+	open := func(name, opts string) *block.Root {
+		n, err := blocktest.TryOpen(g, fmt.Sprintf(opts, name, path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return blocktest.NewRoot(t, n, block.PermConsistentRead|block.PermWrite, block.PermAll)
+	}
+	whole := open("whole", `{"driver":"raw","node-name":%q,"file":{"driver":"file","filename":%q}}`)
+	window := open("window", `{"driver":"raw","node-name":%q,"offset":4096,"size":524288,"file":{"driver":"file","filename":%q}}`)
+	direct := open("direct", `{"driver":"raw","node-name":%q,"cache":{"direct":true},"file":{"driver":"file","filename":%q}}`)
+	zeroes := open("zeroes", `{"driver":"raw","node-name":%q,"detect-zeroes":"on","file":{"driver":"file","filename":%q}}`)
+
+	r, w := blocktest.Pipe(t)
+	ctx := context.Background()
+	tests := []struct {
+		name    string
+		root    *block.Root
+		off     int64
+		n       int
+		fileOff int64 // where the bytes land in the file
+		wantErr error
+	}{
+		{"whole, unaligned", whole, 1000, 200 << 10, 1000, nil},
+		{"window shifts by the offset", window, 8192, 64 << 10, 4096 + 8192, nil},
+		{"past the window's end", window, 512<<10 - 4096, 8192, 0, block.ErrOutOfRange},
+		{"cache.direct", direct, 0, 4096, 0, block.ErrNoSplice},
+		{"detect-zeroes", zeroes, 0, 4096, 0, block.ErrNoSplice},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			data := bytes.Repeat([]byte{byte(i + 1)}, tc.n)
+			if tc.wantErr == nil {
+				if _, err := unix.Write(w, data); err != nil {
+					t.Fatal(err)
+				}
+			}
+			err := tc.root.SpliceWrite(ctx, int(r.Fd()), tc.off, tc.n, 0)
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("err %v; want %v", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			copy(want[tc.fileOff:], data)
+			got, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatal("the file holds other bytes than were written")
+			}
+		})
 	}
 }
