@@ -196,30 +196,28 @@ func (j *Job) run() {
 	if err == nil && j.cancelled && j.force {
 		err = ErrCancelled
 	}
+	if g := j.opts.Group; g != nil {
+		// The group takes it from here: pending and finalizing with
+		// the rest, or aborting with them. A job that stopped shows
+		// aborting at once, as in QEMU, though the group may end
+		// others first.
+		if err == nil {
+			j.moveLocked(Waiting)
+			j.signalStartedLocked()
+		} else {
+			j.moveLocked(Aborting)
+		}
+		j.mu.Unlock()
+		g.ended(j, err)
+		return
+	}
 	if err != nil {
 		j.failLocked(err)
 		j.mu.Unlock()
-		if g := j.opts.Group; g != nil {
-			g.failed(j)
-		}
 		j.abort()
 		return
 	}
 	j.moveLocked(Waiting)
-	if g := j.opts.Group; g != nil {
-		j.signalStartedLocked()
-		j.mu.Unlock()
-		ok := g.succeeded()
-		j.mu.Lock()
-		if !ok {
-			// Another job of the group failed: this one is cancelled.
-			j.cancelled, j.force = true, true
-			j.failLocked(ErrCancelled)
-			j.mu.Unlock()
-			j.abort()
-			return
-		}
-	}
 	j.moveLocked(Pending)
 	if j.opts.AutoFinalize && j.cancelled && j.force {
 		// Cancelled between the end of Run and finalizing: still aborts.
@@ -264,8 +262,9 @@ func (j *Job) change(fn func(tx *block.Txn) error) error {
 	return tx.Commit()
 }
 
-// finalize makes the graph change of a job that succeeded and concludes it.
-func (j *Job) finalize() {
+// finalize makes the graph change of a job that succeeded and concludes
+// it; false: the change failed, and the job aborted.
+func (j *Job) finalize() bool {
 	if fin, ok := j.body.(Finisher); ok {
 		err := j.change(func(tx *block.Txn) error { return fin.Prepare(j.ctx, tx) })
 		if err != nil {
@@ -273,7 +272,7 @@ func (j *Job) finalize() {
 			j.failLocked(err)
 			j.mu.Unlock()
 			j.abort()
-			return
+			return false
 		}
 		fin.Commit()
 	}
@@ -282,13 +281,26 @@ func (j *Job) finalize() {
 	defer j.mu.Unlock()
 	j.completedEventLocked()
 	j.concludeLocked()
+	return true
+}
+
+// abortCancelled aborts a job whose Run succeeded, as cancelled: another
+// job of its group failed.
+func (j *Job) abortCancelled() {
+	j.mu.Lock()
+	j.cancelled, j.force = true, true
+	j.failLocked(ErrCancelled)
+	j.mu.Unlock()
+	j.abort()
 }
 
 // abort ends a job that failed or was cancelled.
 func (j *Job) abort() {
 	j.mu.Lock()
 	j.aborted = true
-	j.moveLocked(Aborting)
+	if j.status != Aborting {
+		j.moveLocked(Aborting)
+	}
 	j.mu.Unlock()
 	if fin, ok := j.body.(Finisher); ok {
 		if err := j.change(func(tx *block.Txn) error { fin.Abort(j.ctx, tx); return nil }); err != nil {
@@ -369,6 +381,11 @@ func (j *Job) Finalize() error {
 	}
 	j.finalizeReq = true
 	j.cond.Broadcast()
+	if g := j.opts.Group; g != nil {
+		j.mu.Unlock()
+		g.finalize()
+		j.mu.Lock()
+	}
 	j.waitLocked(j.endedLocked)
 	return nil
 }
@@ -390,6 +407,13 @@ func (j *Job) Cancel(force bool) error {
 		j.mu.Lock()
 	}
 	j.requestCancelLocked(hard)
+	if g := j.opts.Group; g != nil && (j.status == Waiting || j.status == Pending) {
+		// Waiting or pending: the job is the group's now, and its
+		// cancel aborts the group (QEMU aborts the transaction).
+		j.mu.Unlock()
+		g.cancel(j)
+		j.mu.Lock()
+	}
 	j.waitLocked(j.endedLocked)
 	j.mu.Unlock()
 	return nil

@@ -3,6 +3,7 @@ package iotests
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 // Backups inside a transaction, as libvirt's backup-begin sends them:
@@ -203,9 +204,116 @@ func TestBackupTransactionGrouped(t *testing.T) {
 	if want := "created,running,aborting,BLOCK_JOB_CANCELLED,concluded,null"; got != want {
 		t.Errorf("events of job slow: got %s, want %s", got, want)
 	}
+	// The group's jobs end newest first, one after the other (each
+	// goes to aborting as soon as it stops).
+	badEnd, slowEnd := -1, -1
+	for i, e := range d.History() {
+		switch {
+		case e.Event == "JOB_STATUS_CHANGE" && e.Data["id"] == "bad" && e.Data["status"] == "null":
+			badEnd = i
+		case e.Event == "BLOCK_JOB_CANCELLED" && e.Data["device"] == "slow":
+			slowEnd = i
+		}
+	}
+	if badEnd < 0 || slowEnd < badEnd {
+		t.Errorf("job slow ended (event %d) before job bad (event %d)", slowEnd, badEnd)
+	}
 	if e := eventsOf(d.History(), "BLOCK_JOB_COMPLETED", "bad"); len(e) != 1 || e[0].Data["error"] != "Input/output error" {
 		t.Errorf("BLOCK_JOB_COMPLETED of bad: %v", e)
 	}
 	d.Quit()
 	run(t, "qemu-img", "compare", d.Path("tgt.qcow2"), d.Path("src.qcow2"))
+}
+
+// TestBackupTransactionGroupedFinalize: jobs of a grouped transaction
+// finalize as one, as QEMU's job transactions do: every job is pending
+// before any completes, and where one waits for job-finalize, one
+// job-finalize (on any job of the group, even one that would finalize
+// by itself) finalizes them all; job-cancel of one pending job aborts
+// them all. Each step takes the jobs newest first, one after the other.
+func TestBackupTransactionGroupedFinalize(t *testing.T) {
+	d := start(t)
+	backupSource(t, d)
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", d.Path("tgt2.qcow2"), "64M")
+	addQcow2(d, "tgt2", "tgt2.qcow2", nil)
+	backup := func(id, target string, autoFinalize bool) map[string]any {
+		return map[string]any{"type": "blockdev-backup", "data": map[string]any{
+			"job-id": id, "device": "src", "target": target, "sync": "full", "auto-finalize": autoFinalize}}
+	}
+	// tail is the group's events from the first pending on, as
+	// "job:event" (JOB_STATUS_CHANGE as the status).
+	tail := func() string {
+		var out []string
+		for _, e := range d.History() {
+			id, _ := e.Data["id"].(string)
+			if dev, ok := e.Data["device"].(string); ok {
+				id = dev
+			}
+			name := e.Event
+			if name == "JOB_STATUS_CHANGE" {
+				name = e.Data["status"].(string)
+			} else if !strings.HasPrefix(name, "BLOCK_JOB_") {
+				continue
+			}
+			if name == "pending" || len(out) > 0 {
+				out = append(out, id+":"+name)
+			}
+		}
+		return strings.Join(out, " ")
+	}
+	// QEMU takes a transaction's jobs newest first: b, then a.
+	const completions = "b:BLOCK_JOB_COMPLETED b:concluded b:null a:BLOCK_JOB_COMPLETED a:concluded a:null"
+	cases := []struct {
+		name         string
+		autoA, autoB bool
+		finalize     string // the job job-finalize names; "" for none
+		pending      string // the events of going to pending
+	}{
+		{"both finalize by themselves", true, true, "", "b:pending a:pending"},
+		{"both wait, one job-finalize", false, false, "a", "b:pending b:BLOCK_JOB_PENDING a:pending a:BLOCK_JOB_PENDING"},
+		{"one waits, job-finalize on the other", false, true, "b", "b:pending a:pending a:BLOCK_JOB_PENDING"},
+	}
+	for _, tc := range cases {
+		d.ClearHistory()
+		d.Cmd("transaction", map[string]any{"properties": map[string]any{"completion-mode": "grouped"},
+			"actions": []any{backup("a", "tgt", tc.autoA), backup("b", "tgt2", tc.autoB)}})
+		if tc.finalize != "" {
+			waitStatus(t, d, "a", "pending")
+			waitStatus(t, d, "b", "pending")
+			time.Sleep(100 * time.Millisecond) // neither may finalize by itself
+			for _, id := range []string{"a", "b"} {
+				if s := statuses(d.History(), id); s[len(s)-1] != "pending" {
+					t.Fatalf("%s: job %s went on to %s before job-finalize", tc.name, id, s[len(s)-1])
+				}
+			}
+			d.Cmd("job-finalize", map[string]any{"id": tc.finalize})
+		}
+		waitStatus(t, d, "a", "null")
+		waitStatus(t, d, "b", "null")
+		if got, want := tail(), tc.pending+" "+completions; got != want {
+			t.Errorf("%s: events from pending on:\n got %s\nwant %s", tc.name, got, want)
+		}
+		for _, id := range []string{"a", "b"} {
+			if e := eventsOf(d.History(), "BLOCK_JOB_COMPLETED", id); len(e) != 1 || e[0].Data["error"] != nil {
+				t.Errorf("%s: BLOCK_JOB_COMPLETED of %s: %v", tc.name, id, e)
+			}
+		}
+	}
+	// job-cancel of a pending job aborts the whole group.
+	d.ClearHistory()
+	d.Cmd("transaction", map[string]any{"properties": map[string]any{"completion-mode": "grouped"},
+		"actions": []any{backup("a", "tgt", false), backup("b", "tgt2", false)}})
+	waitStatus(t, d, "a", "pending")
+	waitStatus(t, d, "b", "pending")
+	d.Cmd("job-cancel", map[string]any{"id": "a"})
+	waitStatus(t, d, "a", "null")
+	waitStatus(t, d, "b", "null")
+	want := "b:pending b:BLOCK_JOB_PENDING a:pending a:BLOCK_JOB_PENDING " +
+		"b:aborting b:BLOCK_JOB_CANCELLED b:concluded b:null a:aborting a:BLOCK_JOB_CANCELLED a:concluded a:null"
+	if got := tail(); got != want {
+		t.Errorf("job-cancel of a pending job: events from pending on:\n got %s\nwant %s", got, want)
+	}
+	d.Quit()
+	run(t, "qemu-img", "compare", d.Path("tgt.qcow2"), d.Path("src.qcow2"))
+	run(t, "qemu-img", "compare", d.Path("tgt2.qcow2"), d.Path("src.qcow2"))
 }
