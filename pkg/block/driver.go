@@ -154,6 +154,30 @@ type Infoer interface {
 	ImageInfo(ctx context.Context) ImageInfo
 }
 
+// ClusterSize is the cluster size n's driver reports (Infoer), looked
+// for down through filters as QEMU's bdrv_get_info does; 0 for none.
+func ClusterSize(ctx context.Context, n *Node) int64 {
+	if inf, ok := n.impl.(Infoer); ok {
+		return inf.ImageInfo(ctx).ClusterSize
+	}
+	if c := FilteredChild(n); c != nil {
+		return ClusterSize(ctx, c.Node())
+	}
+	return 0
+}
+
+// DefaultBitmapGranularity is the granularity of a dirty bitmap on (or
+// for) n when none is given: the node's cluster size, kept between
+// 4 KiB and 64 KiB; 64 KiB for a node without clusters (QEMU's
+// bdrv_get_default_bitmap_granularity, which block-dirty-bitmap-add and
+// the mirror's target use).
+func DefaultBitmapGranularity(ctx context.Context, n *Node) int64 {
+	if cs := ClusterSize(ctx, n); cs > 0 {
+		return min(max(cs, 4096), 65536)
+	}
+	return 65536
+}
+
 // ImageInfo is the part of QMP's ImageInfo a driver supplies.
 type ImageInfo struct {
 	ClusterSize    int64          // 0: not reported

@@ -162,16 +162,6 @@ func findBitmap(g *block.Graph, node, name string) (*block.Node, *block.DirtyBit
 	return n, b, nil
 }
 
-// defaultGranularity is a new bitmap's granularity when none is given:
-// the node's cluster size, kept between 4 KiB and 64 KiB; 64 KiB for a
-// node without clusters (QEMU's bdrv_get_default_bitmap_granularity).
-func defaultGranularity(ctx context.Context, n *block.Node) int64 {
-	if cs := clusterSize(ctx, n); cs > 0 {
-		return min(max(cs, 4096), 65536)
-	}
-	return 65536
-}
-
 // bitmapStore is what a format that keeps persistent bitmaps in its
 // image (qcow2) offers the bitmap commands.
 type bitmapStore interface {
@@ -214,7 +204,7 @@ func (x *bitmapAdd) apply(ctx context.Context, s *Server, tx *block.Txn) error {
 	if err != nil {
 		return err
 	}
-	gran := defaultGranularity(ctx, n)
+	gran := block.DefaultBitmapGranularity(ctx, n)
 	if a.Granularity != nil {
 		// A uint32 cannot exceed 2^31 and be a power of 2.
 		gran = int64(*a.Granularity)

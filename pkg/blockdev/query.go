@@ -117,7 +117,7 @@ func imageInfo(ctx context.Context, n *block.Node, nested bool) *ImageInfo {
 			i.ActualSize = x.ActualSize
 		}
 	} else {
-		i.ClusterSize = clusterSize(ctx, n)
+		i.ClusterSize = block.ClusterSize(ctx, n)
 	}
 	if bf, ok := n.Impl().(block.BackingFiler); ok {
 		name, format := bf.BackingFile()
@@ -135,18 +135,6 @@ func imageInfo(ctx context.Context, n *block.Node, nested bool) *ImageInfo {
 		}
 	}
 	return i
-}
-
-// clusterSize is what the node's driver reports, or for a filter its
-// child's (QEMU's bdrv_get_info); 0 when nothing has clusters.
-func clusterSize(ctx context.Context, n *block.Node) int64 {
-	if inf, ok := n.Impl().(block.Infoer); ok {
-		return inf.ImageInfo(ctx).ClusterSize
-	}
-	if c := block.FilteredChild(n); c != nil {
-		return clusterSize(ctx, c.Node())
-	}
-	return 0
 }
 
 // storageFilename is the file name of the protocol node below n.

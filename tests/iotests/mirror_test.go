@@ -459,3 +459,76 @@ func TestMirrorOnTargetError(t *testing.T) {
 		})
 	}
 }
+
+// TestMirrorDefaultGranularity: without a granularity, the mirror's
+// dirty bitmap on the source (query-named-block-nodes lists it, with no
+// name) takes the target's cluster size kept within 4 KiB..64 KiB, and
+// 64 KiB for a target without clusters (a raw file, an NBD client).
+func TestMirrorDefaultGranularity(t *testing.T) {
+	d := start(t)
+	mkRaw(t, d.Path("src.raw"), "8M")
+	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x11 0 8M", d.Path("src.raw"))
+	d.Cmd("blockdev-add", map[string]any{"driver": "raw", "node-name": "src", "file": map[string]any{"driver": "file", "filename": d.Path("src.raw")}})
+	// The NBD target is served by qemu-nbd: qsd cannot connect to its
+	// own NBD server (its blockdev-add waits for a reply it would send).
+	mkRaw(t, d.Path("exported.raw"), "8M")
+	sock, _ := startQemuNBD(t, d.Dir, d.Path("exported.raw"), "raw")
+	cases := []struct {
+		name   string
+		target func(name string) map[string]any
+		want   float64
+	}{
+		{"qcow2, 16 KiB clusters", func(n string) map[string]any { return qcow2Target(t, d, n, "16k") }, 16 << 10},
+		{"qcow2, 2 KiB clusters", func(n string) map[string]any { return qcow2Target(t, d, n, "2k") }, 4 << 10},
+		{"qcow2, 1 MiB clusters", func(n string) map[string]any { return qcow2Target(t, d, n, "1M") }, 64 << 10},
+		{"raw file", func(n string) map[string]any {
+			mkRaw(t, d.Path(n+".raw"), "8M")
+			return map[string]any{"driver": "raw", "file": map[string]any{"driver": "file", "filename": d.Path(n + ".raw")}}
+		}, 64 << 10},
+		{"nbd", func(n string) map[string]any {
+			// blockdev-add takes the flat SocketAddress, not the legacy one.
+			d.MustFail("blockdev-add", map[string]any{"driver": "nbd", "node-name": n, "export": "exp", "server": unixAddr(sock)},
+				"GenericError", "Parameter 'server.path' is missing")
+			return map[string]any{"driver": "nbd", "export": "exp", "server": map[string]any{"type": "unix", "path": sock}}
+		}, 64 << 10},
+	}
+	for i, tc := range cases {
+		name := fmt.Sprintf("t%d", i)
+		o := tc.target(name)
+		o["node-name"] = name
+		d.Cmd("blockdev-add", o)
+		d.ClearHistory()
+		d.Cmd("blockdev-mirror", map[string]any{"job-id": "m", "device": "src", "target": name, "sync": "full", "speed": 64 << 10})
+		var nodes []struct {
+			NodeName     string `json:"node-name"`
+			DirtyBitmaps []struct {
+				Name        *string `json:"name"`
+				Granularity float64 `json:"granularity"`
+			} `json:"dirty-bitmaps"`
+		}
+		d.CmdInto("query-named-block-nodes", map[string]any{"flat": true}, &nodes)
+		var got []float64
+		for _, n := range nodes {
+			for _, b := range n.DirtyBitmaps {
+				if n.NodeName == "src" && b.Name == nil {
+					got = append(got, b.Granularity)
+				}
+			}
+		}
+		if len(got) != 1 || got[0] != tc.want {
+			t.Errorf("%s: the mirror's bitmap granularity: %v, want %v", tc.name, got, tc.want)
+		}
+		d.Cmd("block-job-cancel", map[string]any{"device": "m", "force": true})
+		waitStatus(t, d, "m", "null")
+		d.Cmd("blockdev-del", map[string]any{"node-name": name})
+	}
+	d.Quit()
+}
+
+// qcow2Target makes an empty qcow2 image of 8 MiB with the given cluster
+// size and returns blockdev-add's options for it, without a node name.
+func qcow2Target(t *testing.T, d *Daemon, name, cluster string) map[string]any {
+	t.Helper()
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size="+cluster, d.Path(name+".qcow2"), "8M")
+	return map[string]any{"driver": "qcow2", "file": map[string]any{"driver": "file", "filename": d.Path(name + ".qcow2")}}
+}

@@ -207,17 +207,14 @@ func reachesNode(from, n *block.Node) bool {
 	return false
 }
 
-// granularity is the dirty bitmap's: the argument, or the target's
-// cluster size within [4 KiB, 64 KiB] (QEMU's default).
-func (m *Mirror) granularity() int64 {
+// granularity is the dirty bitmap's: the argument, or the default of a
+// bitmap for the target (its cluster size within [4 KiB, 64 KiB], else
+// 64 KiB), as QEMU's mirror picks it.
+func (m *Mirror) granularity(ctx context.Context) int64 {
 	if m.a.Granularity != 0 {
 		return m.a.Granularity
 	}
-	g := m.target.Caps().Limits.OptimalTransfer
-	if g <= 0 {
-		return 64 << 10
-	}
-	return min(max(g, 4096), 64<<10)
+	return block.DefaultBitmapGranularity(ctx, m.target)
 }
 
 // Setup implements jobs.Setupper: the job takes the filter (reads), the
@@ -236,7 +233,7 @@ func (m *Mirror) Setup(ctx context.Context, tx *block.Txn, j *jobs.Job) error {
 	if err != nil {
 		return err
 	}
-	m.gran = m.granularity()
+	m.gran = m.granularity(ctx)
 	// On the source itself, so that a write through the filter marks it
 	// inside the filter's write (write-blocking mode clears it again once
 	// the target has the data too).
