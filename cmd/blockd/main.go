@@ -308,7 +308,8 @@ func (d *daemon) blockdev(ctx context.Context, s string) error {
 	if strings.HasPrefix(strings.TrimSpace(s), "{") {
 		raw = json.RawMessage(s)
 	} else {
-		kv, err := blockdev.ParseKeyval(s, "")
+		// As qsd: a leading bare value is the driver.
+		kv, err := blockdev.ParseKeyval(s, "driver")
 		if err != nil {
 			return err
 		}

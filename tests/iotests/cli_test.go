@@ -24,12 +24,14 @@ func TestCommandLine(t *testing.T) {
 		"--blockdev", "driver=file,node-name=f,filename="+img,
 		"--blockdev", `{"driver": "raw", "node-name": "r", "file": "f", "offset": 1048576}`,
 		"--blockdev", "driver=null-co,node-name=n,size=1048576,read-zeroes=on",
+		"--blockdev", "null-co,node-name=implied,size=65536", // the driver is the implied key
 		"--nbd-server", "addr.type=unix,addr.path="+sock,
 		"--export", "type=nbd,id=e0,node-name=r,name=win,writable=on,description=window",
 		"--export", "nbd,id=e1,node-name=n",
 	)
 	nodes := namedNodes(d, true)
-	if nodes["r"].Image["virtual-size"] != float64(3<<20) || nodes["n"].Image["virtual-size"] != float64(1<<20) {
+	if nodes["r"].Image["virtual-size"] != float64(3<<20) || nodes["n"].Image["virtual-size"] != float64(1<<20) ||
+		nodes["implied"].Drv != "null-co" {
 		t.Errorf("nodes from the command line: %+v", nodes)
 	}
 	run(t, "qemu-io", "-f", "raw", "-c", "read -P 0 0 1M", "-c", "write -P 0x77 0 4k", nbdURI(sock, "win"))
