@@ -257,20 +257,29 @@ func (c *Intermediate) Run(ctx context.Context, j *jobs.Job) error {
 			return err
 		}
 	}
+	splice := jobs.NewSpliceCopier(parallel)
+	defer splice.Close()
 	cp := jobs.Copy{Job: j, End: size, Chunk: chunkSize, Parallel: parallel, Target: c.t.base,
 		Extent: func(ctx context.Context, off, max int64) (int64, bool, error) {
 			alloc, n, err := block.IsAllocatedAbove(ctx, c.t.top, c.overlay, true, off, max)
 			return n, alloc, err
 		},
 		Do: func(ctx context.Context, off int64, buf []byte) error {
-			return copyRange(ctx, c.topRoot, c.baseRoot, off, buf)
+			return copyRange(ctx, splice, c.topRoot, c.baseRoot, off, buf)
 		}}
 	return cp.Run(ctx)
 }
 
-// copyRange reads [off, off+len(buf)) from src and writes it to dst;
-// zeroes are written as such, so that base stays sparse.
-func copyRange(ctx context.Context, src, dst *block.Root, off int64, buf []byte) error {
+// copyRange copies [off, off+len(buf)) from src to dst: through a pipe
+// where both can (see jobs.SpliceCopier), else through buf, zeroes
+// written as such so that base stays sparse.
+func copyRange(ctx context.Context, splice *jobs.SpliceCopier, src, dst *block.Root, off int64, buf []byte) error {
+	if done, err := splice.Copy(ctx, src, dst, off, len(buf)); done {
+		if err != nil {
+			return jobs.WriteError(err)
+		}
+		return nil
+	}
 	if err := src.ReadAt(ctx, buf, off, 0); err != nil {
 		return err
 	}

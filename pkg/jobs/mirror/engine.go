@@ -2,7 +2,6 @@ package mirror
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,7 +38,7 @@ type Engine struct {
 	Unmap    bool               // zeroes may deallocate the target
 
 	inflight block.RangeLock
-	pipes    *pipes // Run's, while it runs; nil: copies go through buffers
+	splice   *jobs.SpliceCopier // Run's, while it runs; nil: copies go through buffers
 	complete atomic.Bool
 	ready    bool // Run only
 	copying  atomic.Int64
@@ -93,10 +92,10 @@ func (e *Engine) Cancel(force bool) bool { return force || !e.Ready() }
 func (e *Engine) Run(ctx context.Context) error {
 	j := e.Job
 	defer block.WriteBehind(e.Target.Node())()
-	e.pipes = newPipes(e.Parallel)
+	e.splice = jobs.NewSpliceCopier(e.Parallel)
 	defer func() {
-		e.pipes.close()
-		e.pipes = nil
+		e.splice.Close()
+		e.splice = nil
 	}()
 	pool := jobs.NewPool(j, e.Parallel, e.Chunk)
 	defer pool.Close()
@@ -188,7 +187,7 @@ func (e *Engine) copyOne(ctx context.Context, off int64, buf []byte) {
 // copy reads [off, off+len(buf)) from the source and writes it to the
 // target, zeroes as zeroes; read says which side failed.
 func (e *Engine) copy(ctx context.Context, off int64, buf []byte) (read bool, err error) {
-	if done, err := e.spliceCopy(ctx, off, len(buf)); done {
+	if done, err := e.splice.Copy(ctx, e.Source, e.Target, off, len(buf)); done {
 		return false, err
 	}
 	if err := e.Source.ReadAt(ctx, buf, off, 0); err != nil {
@@ -252,88 +251,4 @@ func (e *Engine) FinalSync(ctx context.Context) error {
 	}
 	e.remaining()
 	return e.Target.Flush(ctx)
-}
-
-// spliceCopy copies [off, off+n) through a pipe when both ends can: the
-// source's page cache pages are spliced in and the target (an NBD node)
-// splices them on into its socket, so the bytes never pass through
-// blockd's memory, where ReadAt and WriteAt copy each one twice. done
-// false: nothing was written (a range the source holds as zeroes or
-// compressed, a target that needs to see the data), and the caller
-// copies through its buffer, where zeroes are found and errors reported.
-// Unlike that path, zeroes stored as data are sent as data, as QEMU's
-// mirror sends them.
-func (e *Engine) spliceCopy(ctx context.Context, off int64, n int) (done bool, err error) {
-	if e.pipes == nil || !e.Target.CanSpliceWrite(off, n) {
-		return false, nil
-	}
-	p := e.pipes.get()
-	if p == nil {
-		return false, nil
-	}
-	if n > p.Size {
-		e.pipes.put(p)
-		return false, nil
-	}
-	moved, err := e.Source.SpliceRead(ctx, p.W, off, n)
-	if err != nil || moved != n {
-		e.pipes.drop(p)
-		return false, nil
-	}
-	err = e.Target.SpliceWrite(ctx, p.R, off, n, 0)
-	if err != nil {
-		e.pipes.drop(p)
-		return !errors.Is(err, block.ErrNoSplice), err
-	}
-	e.pipes.put(p)
-	return true, nil
-}
-
-// pipes keeps the empty pipes of Run's copies: at most one per copy in
-// flight, made when first needed.
-type pipes struct {
-	free chan *block.Pipe
-}
-
-// pipeBytes is the pipe size asked for: the mirror's copies are 1 MiB.
-const pipeBytes = 1 << 20
-
-func newPipes(n int) *pipes { return &pipes{free: make(chan *block.Pipe, n)} }
-
-// get returns an empty pipe, or nil when none can be made (no splice on
-// this platform, out of descriptors).
-func (ps *pipes) get() *block.Pipe {
-	select {
-	case p := <-ps.free:
-		return p
-	default:
-	}
-	p, err := block.NewPipe(pipeBytes)
-	if err != nil {
-		return nil
-	}
-	return p
-}
-
-// put keeps an empty pipe.
-func (ps *pipes) put(p *block.Pipe) {
-	select {
-	case ps.free <- p:
-	default:
-		p.Close()
-	}
-}
-
-// drop closes a pipe that may hold bytes.
-func (ps *pipes) drop(p *block.Pipe) { p.Close() }
-
-func (ps *pipes) close() {
-	for {
-		select {
-		case p := <-ps.free:
-			p.Close()
-		default:
-			return
-		}
-	}
 }
