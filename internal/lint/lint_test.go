@@ -30,7 +30,7 @@ func deps(t *testing.T, pkg string) []string {
 }
 
 // TestDependencies: qmp and nbd import nothing of ours (nbd only its
-// wire numbers, which the nbd driver shares); block imports
+// wire numbers, which the nbd driver shares, and kpipe's pipes); block imports
 // only small utilities; drivers and jobs import block and never each
 // other; only blockdev and cmd tie everything together.
 func TestDependencies(t *testing.T) {
@@ -39,16 +39,17 @@ func TestDependencies(t *testing.T) {
 		allowed []string // prefixes
 	}{
 		{"pkg/qmp", nil},
-		{"pkg/nbd", []string{"pkg/nbd/wire"}}, // its own wire numbers, shared with the client
+		{"pkg/nbd", []string{"pkg/nbd/wire", "pkg/kpipe"}}, // its own wire numbers, shared with the client; pipes
 		{"pkg/nbd/wire", nil},
+		{"pkg/kpipe", nil},
 		{"pkg/fuse", []string{"pkg/block"}},
 		{"pkg/block", nil},
 		{"pkg/chardev", []string{"pkg/qmp"}}, // knows nothing of blocks
-		{"pkg/jobs", []string{"pkg/block"}},
-		{"pkg/jobs/stream", []string{"pkg/block", "pkg/jobs"}},
-		{"pkg/jobs/commit", []string{"pkg/block", "pkg/jobs"}},
-		{"pkg/jobs/mirror", []string{"pkg/block", "pkg/jobs"}},
-		{"pkg/jobs/backup", []string{"pkg/block", "pkg/jobs"}},
+		{"pkg/jobs", []string{"pkg/block", "pkg/kpipe"}},
+		{"pkg/jobs/stream", []string{"pkg/block", "pkg/jobs", "pkg/kpipe"}},
+		{"pkg/jobs/commit", []string{"pkg/block", "pkg/jobs", "pkg/kpipe"}},
+		{"pkg/jobs/mirror", []string{"pkg/block", "pkg/jobs", "pkg/kpipe"}},
+		{"pkg/jobs/backup", []string{"pkg/block", "pkg/jobs", "pkg/kpipe"}},
 		{"pkg/formats/file", []string{"pkg/block"}},
 		{"pkg/formats/nullco", []string{"pkg/block"}},
 		{"pkg/formats/raw", []string{"pkg/block"}},

@@ -1,7 +1,6 @@
 package jobs
 
 import (
-	"errors"
 	"slices"
 	"sync"
 )
@@ -85,10 +84,7 @@ func (g *Group) ended(j *Job, err error) {
 		g.mu.Unlock()
 		for _, x := range jobs {
 			x.mu.Lock()
-			x.moveLocked(Pending)
-			if !x.opts.AutoFinalize && x.opts.BlockJob {
-				x.r.emit.Emit("BLOCK_JOB_PENDING", map[string]any{"type": x.Type, "id": x.ID})
-			}
+			x.pendingLocked()
 			x.mu.Unlock()
 		}
 		g.mu.Lock()
@@ -103,7 +99,7 @@ func (g *Group) ended(j *Job, err error) {
 			failed := false
 			for _, x := range jobs {
 				if failed {
-					x.abortCancelled()
+					x.abortWith(nil)
 				} else {
 					failed = !x.finalize()
 				}
@@ -122,7 +118,8 @@ func (g *Group) ended(j *Job, err error) {
 // it is aborting or finalizing already: the other jobs are cancelled
 // hard, then each, newest first, is waited for and aborted (with its own
 // error if it failed, else as cancelled). Called without any job's lock;
-// it returns when every job has ended.
+// the caller waits for the end with waitFinished (the abort may be
+// another goroutine's).
 func (g *Group) abort(first *Job) {
 	g.mu.Lock()
 	if g.aborting || g.finalizing {
@@ -151,14 +148,7 @@ func (g *Group) abort(first *Job) {
 			err, ok = g.ran[x]
 		}
 		g.mu.Unlock()
-		x.mu.Lock()
-		if err == nil || errors.Is(err, ErrCancelled) {
-			x.cancelled, x.force = true, true
-		} else {
-			x.failLocked(err)
-		}
-		x.mu.Unlock()
-		x.abort()
+		x.abortWith(err)
 	}
 	g.mu.Lock()
 	g.finished = true

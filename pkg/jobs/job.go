@@ -218,7 +218,7 @@ func (j *Job) run() {
 		return
 	}
 	j.moveLocked(Waiting)
-	j.moveLocked(Pending)
+	j.pendingLocked()
 	if j.opts.AutoFinalize && j.cancelled && j.force {
 		// Cancelled between the end of Run and finalizing: still aborts.
 		j.mu.Unlock()
@@ -226,9 +226,6 @@ func (j *Job) run() {
 		return
 	}
 	if !j.opts.AutoFinalize {
-		if j.opts.BlockJob {
-			j.r.emit.Emit("BLOCK_JOB_PENDING", map[string]any{"type": j.Type, "id": j.ID})
-		}
 		j.signalStartedLocked()
 		for !j.finalizeReq && !j.cancelled {
 			j.cond.Wait()
@@ -284,12 +281,25 @@ func (j *Job) finalize() bool {
 	return true
 }
 
-// abortCancelled aborts a job whose Run succeeded, as cancelled: another
-// job of its group failed.
-func (j *Job) abortCancelled() {
+// pendingLocked moves the job to pending; one that waits for
+// job-finalize says so with BLOCK_JOB_PENDING.
+func (j *Job) pendingLocked() {
+	j.moveLocked(Pending)
+	if !j.opts.AutoFinalize && j.opts.BlockJob {
+		j.r.emit.Emit("BLOCK_JOB_PENDING", map[string]any{"type": j.Type, "id": j.ID})
+	}
+}
+
+// abortWith aborts a job of a group that is aborting, whose Run ended
+// with err: with that error if it failed, else (it succeeded, or was
+// cancelled) as cancelled.
+func (j *Job) abortWith(err error) {
 	j.mu.Lock()
-	j.cancelled, j.force = true, true
-	j.failLocked(ErrCancelled)
+	if err == nil || errors.Is(err, ErrCancelled) {
+		j.cancelled, j.force = true, true
+	} else {
+		j.failLocked(err)
+	}
 	j.mu.Unlock()
 	j.abort()
 }

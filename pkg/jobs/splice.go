@@ -5,6 +5,7 @@ import (
 	"errors"
 
 	"github.com/blockd/blockd/pkg/block"
+	"github.com/blockd/blockd/pkg/kpipe"
 )
 
 // SpliceCopier copies ranges between two roots through kernel pipes
@@ -13,12 +14,11 @@ import (
 // reference, and the target takes them on into its socket (an NBD node)
 // or its file's page cache (file, raw, qcow2), so the bytes never pass
 // through blockd's memory, where ReadAt and WriteAt copy each one twice.
-// A job's copies share one; it keeps at most one empty pipe per copy in
-// flight, made when first needed. Zeroes stored as data are copied as
-// data (the buffer path finds and writes them as zeroes), as QEMU's jobs
-// copy them.
+// A job's copies share one, with one pipe per copy in flight. Zeroes
+// stored as data are copied as data (the buffer path finds and writes
+// them as zeroes), as QEMU's jobs copy them.
 type SpliceCopier struct {
-	free chan *block.Pipe
+	pipes *kpipe.Pool
 }
 
 // splicePipeBytes is the pipe size asked for: jobs copy up to 1 MiB at
@@ -27,7 +27,7 @@ const splicePipeBytes = 1 << 20
 
 // NewSpliceCopier keeps up to parallel empty pipes; Close them.
 func NewSpliceCopier(parallel int) *SpliceCopier {
-	return &SpliceCopier{free: make(chan *block.Pipe, max(parallel, 1))}
+	return &SpliceCopier{pipes: kpipe.NewPool(parallel, splicePipeBytes)}
 }
 
 // Copy copies [off, off+n) from src to dst through a pipe. done false:
@@ -39,12 +39,12 @@ func (s *SpliceCopier) Copy(ctx context.Context, src, dst *block.Root, off int64
 	if s == nil || !dst.CanSpliceWrite(off, n) {
 		return false, nil
 	}
-	p := s.get()
+	p := s.pipes.Get()
 	if p == nil {
 		return false, nil
 	}
 	if n > p.Size {
-		s.put(p)
+		s.pipes.Put(p)
 		return false, nil
 	}
 	moved, err := src.SpliceRead(ctx, p.W, off, n)
@@ -56,42 +56,9 @@ func (s *SpliceCopier) Copy(ctx context.Context, src, dst *block.Root, off int64
 		p.Close()
 		return !errors.Is(err, block.ErrNoSplice), err
 	}
-	s.put(p)
+	s.pipes.Put(p)
 	return true, nil
 }
 
-// get returns an empty pipe, or nil when none can be made (no splice on
-// this platform, out of descriptors).
-func (s *SpliceCopier) get() *block.Pipe {
-	select {
-	case p := <-s.free:
-		return p
-	default:
-	}
-	p, err := block.NewPipe(splicePipeBytes)
-	if err != nil {
-		return nil
-	}
-	return p
-}
-
-// put keeps an empty pipe.
-func (s *SpliceCopier) put(p *block.Pipe) {
-	select {
-	case s.free <- p:
-	default:
-		p.Close()
-	}
-}
-
 // Close closes the pipes kept.
-func (s *SpliceCopier) Close() {
-	for {
-		select {
-		case p := <-s.free:
-			p.Close()
-		default:
-			return
-		}
-	}
-}
+func (s *SpliceCopier) Close() { s.pipes.Close() }

@@ -9,6 +9,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/blockd/blockd/pkg/kpipe"
 )
 
 // Large read replies can leave without passing through blockd's memory:
@@ -28,44 +30,22 @@ var pageSize = os.Getpagesize()
 // pipe is a kernel pipe a request's reply is assembled in. It is
 // blocking: the worker fills it only up to its capacity, so no write to
 // it waits, and the writer empties it completely before it is reused.
-type pipe struct {
-	r, w  int
-	slots int // capacity in buffers (pages)
-}
+type pipe kpipe.Pipe
 
-func newPipe() (*pipe, error) {
-	var fds [2]int
-	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
-		return nil, err
-	}
-	p := &pipe{r: fds[0], w: fds[1]}
-	unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, pipeBytes) // best effort: the size is read back
-	size, err := unix.FcntlInt(uintptr(p.w), unix.F_GETPIPE_SZ, 0)
-	if err != nil {
-		p.close()
-		return nil, err
-	}
-	p.slots = size / pageSize
-	return p, nil
-}
-
-func (p *pipe) close() {
-	unix.Close(p.r)
-	unix.Close(p.w)
-}
+func (p *pipe) close() { (*kpipe.Pipe)(p).Close() }
 
 // fits says whether a reply with the given data parts and chunk headers
 // can be assembled in the pipe without blocking: a spliced part may start
 // and end inside a page, and each header may take a buffer of its own.
 func (p *pipe) fits(data int64, parts, headers int) bool {
 	need := int(data)/pageSize + 2*parts + headers + 1
-	return need <= p.slots
+	return need <= p.Size/pageSize
 }
 
 // write puts reply bytes (headers) into the pipe.
 func (p *pipe) write(b []byte) error {
 	for len(b) > 0 {
-		n, err := unix.Write(p.w, b)
+		n, err := unix.Write(p.W, b)
 		if err == syscall.EINTR {
 			continue
 		}
@@ -80,8 +60,8 @@ func (p *pipe) write(b []byte) error {
 // pipePool keeps one connection's pipes. At most Workers requests hold a
 // pipe at once, so the pool never grows past that.
 type pipePool struct {
-	free chan *pipe
-	ok   bool // the connection is a socket splice can write to
+	pipes *kpipe.Pool
+	ok    bool // the connection is a socket splice can write to
 }
 
 func (pp *pipePool) init(nc net.Conn, workers int) {
@@ -94,22 +74,11 @@ func (pp *pipePool) init(nc net.Conn, workers int) {
 		isSock = false
 	}
 	pp.ok = isSock
-	pp.free = make(chan *pipe, workers)
+	pp.pipes = kpipe.NewPool(workers, pipeBytes)
 }
 
 // get returns a pipe, or nil when none can be made (out of descriptors).
-func (pp *pipePool) get() *pipe {
-	select {
-	case p := <-pp.free:
-		return p
-	default:
-	}
-	p, err := newPipe()
-	if err != nil {
-		return nil
-	}
-	return p
-}
+func (pp *pipePool) get() *pipe { return (*pipe)(pp.pipes.Get()) }
 
 // put returns an empty pipe; a pipe that may hold bytes is closed.
 func (pp *pipePool) put(p *pipe, empty bool) {
@@ -117,23 +86,10 @@ func (pp *pipePool) put(p *pipe, empty bool) {
 		p.close()
 		return
 	}
-	select {
-	case pp.free <- p:
-	default:
-		p.close()
-	}
+	pp.pipes.Put((*kpipe.Pipe)(p))
 }
 
-func (pp *pipePool) closeAll() {
-	for {
-		select {
-		case p := <-pp.free:
-			p.close()
-		default:
-			return
-		}
-	}
-}
+func (pp *pipePool) closeAll() { pp.pipes.Close() }
 
 // spliceRead assembles r's reply in a pipe when the backend can move the
 // data without copying. It reports false, with nothing kept, when the
@@ -169,7 +125,7 @@ func (c *conn) spliceRead(ctx context.Context, b Backend, r *request, parts []sp
 		if !data {
 			return nil
 		}
-		k, err := pr.ReadToPipe(ctx, p.w, int64(r.off)+s.off, int(s.n))
+		k, err := pr.ReadToPipe(ctx, p.W, int64(r.off)+s.off, int(s.n))
 		moved += k
 		if err == nil && k != int(s.n) {
 			err = io.ErrUnexpectedEOF
@@ -195,7 +151,7 @@ func (c *conn) sendPipe(r *request) error {
 	var serr error
 	err = rc.Write(func(fd uintptr) bool {
 		for left > 0 {
-			k, err := unix.Splice(r.pipe.r, nil, int(fd), nil, left, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			k, err := unix.Splice(r.pipe.R, nil, int(fd), nil, left, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 			switch {
 			case err == syscall.EINTR:
 				continue

@@ -1,6 +1,6 @@
 //go:build !linux
 
-package block
+package kpipe
 
 import "errors"
 
@@ -10,8 +10,8 @@ type Pipe struct {
 	Size int
 }
 
-// NewPipe fails: no splice on this platform.
-func NewPipe(size int) (*Pipe, error) { return nil, errors.New("no splice on this platform") }
+// New fails: no splice on this platform.
+func New(size int) (*Pipe, error) { return nil, errors.New("no splice on this platform") }
 
 // Close does nothing.
 func (p *Pipe) Close() {}

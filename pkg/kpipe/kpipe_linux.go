@@ -1,18 +1,18 @@
-package block
+package kpipe
 
 import "golang.org/x/sys/unix"
 
-// Pipe is a kernel pipe for the splice paths (Splicer, SpliceWriter):
-// data moves through it by reference, from one descriptor to another.
+// Pipe is a kernel pipe: data moves through it by reference, from one
+// descriptor to another (splice(2)).
 type Pipe struct {
 	R, W int
 	Size int // bytes it holds without blocking, for page-aligned data
 }
 
-// NewPipe makes a pipe of about size bytes (the kernel may give less:
+// New makes a pipe of about size bytes (the kernel may give less:
 // fs.pipe-max-size, 1 MiB by default, is the most an unprivileged
 // process gets; Size says what it got).
-func NewPipe(size int) (*Pipe, error) {
+func New(size int) (*Pipe, error) {
 	var fds [2]int
 	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
 		return nil, err
