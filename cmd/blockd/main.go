@@ -219,6 +219,10 @@ type daemon struct {
 	q        *qmp.Server
 	qmpCount int // --qmp monitors so far, for their chardevs' ids
 	monitors []net.Listener
+	// afterSetup starts serving the monitors once every option is done:
+	// a client that connects early waits for its greeting, as with qsd,
+	// instead of seeing a graph that is half made.
+	afterSetup []func()
 
 	stdioDone chan struct{} // closed when a stdio monitor's client is gone
 
@@ -300,6 +304,9 @@ func (d *daemon) setup(opts []option) error {
 	// The chardevs no monitor took serve now, not while a later
 	// --monitor could still take them.
 	d.bd.Chardevs.Start()
+	for _, start := range d.afterSetup {
+		start()
+	}
 	return nil
 }
 

@@ -107,20 +107,24 @@ func (d *daemon) qmpMonitor(path string) error {
 
 func (d *daemon) serveMonitor(l net.Listener, where string, pretty bool) {
 	d.monitors = append(d.monitors, l)
-	go func() {
-		if err := d.q.ServeMonitor(l, qmp.MonitorOptions{Pretty: pretty}); err != nil && !errors.Is(err, qmp.ErrServerClosed) {
-			d.log.WithError(err).Warn("qmp: serve")
-		}
-	}()
+	d.afterSetup = append(d.afterSetup, func() {
+		go func() {
+			if err := d.q.ServeMonitor(l, qmp.MonitorOptions{Pretty: pretty}); err != nil && !errors.Is(err, qmp.ErrServerClosed) {
+				d.log.WithError(err).Warn("qmp: serve")
+			}
+		}()
+	})
 	d.log.WithField("socket", where).Info("QMP monitor listening")
 }
 
 // serveStdio serves QMP on stdin and stdout; when stdin closes, the
 // daemon shuts down as on quit.
 func (d *daemon) serveStdio(pretty bool) {
-	done := d.q.ServeConn(newStdioConn(), qmp.MonitorOptions{Pretty: pretty})
-	go func() {
-		<-done
-		close(d.stdioDone)
-	}()
+	d.afterSetup = append(d.afterSetup, func() {
+		done := d.q.ServeConn(newStdioConn(), qmp.MonitorOptions{Pretty: pretty})
+		go func() {
+			<-done
+			close(d.stdioDone)
+		}()
+	})
 }
