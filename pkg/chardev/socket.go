@@ -264,13 +264,18 @@ func (s *socket) start(first net.Conn) {
 		return
 	}
 	s.started = true
+	if first != nil {
+		// Tracked now, not in run: a query right after chardev-add
+		// returns must see the chardev connected.
+		s.conns = append(s.conns, first)
+	}
 	s.wg.Add(1)
 	go s.run(first)
 }
 
 // run holds one connection at a time until the peer closes it, then
 // takes the next: accepts it (a server) or connects again after the
-// reconnect delay (a client that has one).
+// reconnect delay (a client that has one). A first c is tracked already.
 func (s *socket) run(c net.Conn) {
 	defer s.wg.Done()
 	for {
@@ -279,10 +284,10 @@ func (s *socket) run(c net.Conn) {
 			if c, err = s.next(); err != nil {
 				return
 			}
-		}
-		if !s.track(c) {
-			c.Close()
-			return
+			if !s.track(c) {
+				c.Close()
+				return
+			}
 		}
 		io.Copy(io.Discard, c)
 		s.untrack(c)

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -94,4 +95,43 @@ func TestAttachedSocketIsBusy(t *testing.T) {
 		t.Errorf("filename after the monitor closed its client: %q", got)
 	}
 	r.Close()
+}
+
+// TestConnectedWhenAddReturns: a server with wait=on, and a client, are
+// connected as soon as chardev-add returns, with no wait for the
+// socket's goroutine.
+func TestConnectedWhenAddReturns(t *testing.T) {
+	yes := true
+	for _, server := range []bool{true, false} {
+		r := New()
+		path := filepath.Join(t.TempDir(), "s.sock")
+		addr := SocketAddressLegacy{Type: "unix", Unix: &UnixSocketAddress{Path: path}}
+		o := &SocketOptions{Addr: addr, Server: &server}
+		if server {
+			o.Wait = &yes
+			go func() {
+				for i := 0; i < 500; i++ {
+					if c, err := net.Dial("unix", path); err == nil {
+						defer c.Close()
+						<-time.After(time.Second)
+						return
+					}
+					<-time.After(10 * time.Millisecond)
+				}
+			}()
+		} else {
+			l, err := net.Listen("unix", path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+		}
+		if _, err := r.chardevAdd(context.Background(), &AddArgs{ID: "s", Backend: Backend{Type: "socket", Options: o}}); err != nil {
+			t.Fatal(err)
+		}
+		if got := r.Get("s").Filename(); strings.HasPrefix(got, "disconnected") || !strings.HasPrefix(got, "unix:") {
+			t.Errorf("server=%v: filename once chardev-add returned: %q", server, got)
+		}
+		r.Close()
+	}
 }
