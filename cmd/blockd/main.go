@@ -277,6 +277,9 @@ func (d *daemon) serveMetrics(addr string) error {
 
 func (d *daemon) setup(opts []option) error {
 	ctx := context.Background()
+	// The NBD server, like the monitors, serves once every option is
+	// done; first, so that a client greeted on QMP finds it accepting.
+	d.afterSetup = append([]func(){d.bd.HoldNBDServing()}, d.afterSetup...)
 	for _, o := range opts {
 		var err error
 		switch o.name {

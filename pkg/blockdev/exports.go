@@ -22,7 +22,31 @@ type exportState struct {
 	srv       *nbd.Server
 	unixPath  string
 	serveDone chan struct{}
-	exports   []*export // of every type, in creation order
+	stopServe chan struct{} // closed by stopNBDLocked
+	// held, while not nil, keeps a new server from accepting until it is
+	// closed: see HoldNBDServing.
+	held    chan struct{}
+	exports []*export // of every type, in creation order
+}
+
+// HoldNBDServing keeps an NBD server started from now on from accepting
+// clients until release is called. The daemon holds it while it sets up
+// its command line, as qsd serves nothing before: a client that connects
+// to --nbd-server's socket early then waits for the handshake instead of
+// finding the later --export missing.
+func (s *Server) HoldNBDServing() (release func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	held := make(chan struct{})
+	s.exports.held = held
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		close(held)
+		if s.exports.held == held {
+			s.exports.held = nil
+		}
+	}
 }
 
 // export is one block export; exactly one of nbd and fuse is set.
@@ -141,14 +165,25 @@ func (s *Server) startNBDLocked(l net.Listener, path string, maxConn *uint32) er
 		o.MaxConnections = int(*maxConn)
 	}
 	srv := nbd.NewServer(o)
-	done := make(chan struct{})
+	done, stop, held := make(chan struct{}), make(chan struct{}), s.exports.held
 	go func() {
 		defer close(done)
-		if err := srv.Serve(l); err != nil && !errors.Is(err, nbd.ErrServerClosed) {
+		if held != nil {
+			select {
+			case <-held:
+			case <-stop:
+				l.Close()
+				return
+			}
+		}
+		err := srv.Serve(l)
+		if errors.Is(err, nbd.ErrServerClosed) {
+			l.Close() // Serve closes it only when it was accepting
+		} else if err != nil {
 			s.log.WithError(err).Warn("nbd: serve")
 		}
 	}()
-	s.exports.srv, s.exports.unixPath, s.exports.serveDone = srv, path, done
+	s.exports.srv, s.exports.unixPath, s.exports.serveDone, s.exports.stopServe = srv, path, done, stop
 	return nil
 }
 
@@ -171,12 +206,13 @@ func (s *Server) stopNBDLocked() {
 			s.deleteExportLocked(e, true)
 		}
 	}
+	close(s.exports.stopServe)
 	s.exports.srv.Close()
 	<-s.exports.serveDone
 	if s.exports.unixPath != "" {
 		_ = os.Remove(s.exports.unixPath)
 	}
-	s.exports.srv, s.exports.unixPath, s.exports.serveDone = nil, "", nil
+	s.exports.srv, s.exports.unixPath, s.exports.serveDone, s.exports.stopServe = nil, "", nil, nil
 }
 
 // stopExports deletes every export, in the order they were made (FUSE
