@@ -39,7 +39,7 @@ func TestBackupFullUnderWrites(t *testing.T) {
 	sock := startNBD(d)
 	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "exp0", "node-name": "src", "writable": true})
 	d.ClearHistory()
-	mustCall(t, d, "blockdev-backup", map[string]any{"job-id": "b", "device": "src", "target": "tgt", "sync": "full", "speed": 8 << 20})
+	mustCall(t, d, "blockdev-backup", map[string]any{"job-id": "b", "device": "src", "target": "tgt", "sync": "full", "speed": 1 << 20})
 	wantEvents(t, d, "b", "created", "running", "paused", "running")
 	if f := filtersOf(d, "copy-before-write"); len(f) != 1 || !strings.HasPrefix(f[0], "#block") {
 		t.Errorf("copy-before-write filters: %v", f)

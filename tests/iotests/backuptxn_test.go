@@ -148,7 +148,7 @@ func TestBackupFrozenBitmap(t *testing.T) {
 	d.Cmd("block-export-add", map[string]any{"type": "nbd", "id": "exp0", "node-name": "src", "writable": true})
 	addBitmap(d, "src", "b0")
 	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x55 0 8M", nbdURI(sock, "src"))
-	d.Cmd("blockdev-backup", map[string]any{"job-id": "b", "device": "src", "target": "tgt", "sync": "bitmap", "bitmap": "b0", "bitmap-mode": "on-success", "speed": 1 << 20})
+	d.Cmd("blockdev-backup", map[string]any{"job-id": "b", "device": "src", "target": "tgt", "sync": "bitmap", "bitmap": "b0", "bitmap-mode": "on-success", "speed": 256 << 10})
 	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x56 40M 1M", nbdURI(sock, "src"))
 	// (The job's anonymous bitmaps are listed too, not alike in both.)
 	var b0 bitmapInfo

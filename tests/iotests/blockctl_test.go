@@ -185,7 +185,7 @@ func blockctlStreamLines(t *testing.T, bin string) {
 	d, c := startForBlockctl(t, bin)
 	mkChain(t, d.Dir)
 	addChainBlockctl(c, d)
-	out := c.ok("stream", "--job-id", "s0", "--device", "top", "--base-node", "base", "--speed", "8M", "--wait")
+	out := c.ok("stream", "--job-id", "s0", "--device", "top", "--base-node", "base", "--speed", "4M", "--wait") // 4 s: several polls
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if lines[0] != "s0 stream: created" || lines[len(lines)-1] != "s0 stream: completed 100.0% (64 MiB of 64 MiB)" {
 		t.Errorf("first and last lines:\n%s", out)

@@ -88,7 +88,7 @@ func TestDaemonizeAndPidfile(t *testing.T) {
 	r.ReadString('\n')
 	r.ReadString('\n')
 	c.Close()
-	for i := 0; i < 500 && syscall.Kill(pid, 0) == nil; i++ {
+	for i := 0; i < 3000 && syscall.Kill(pid, 0) == nil; i++ {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if syscall.Kill(pid, 0) == nil {

@@ -530,7 +530,8 @@ func TestStreamAndCommitDisjoint(t *testing.T) {
 		}
 		d.Cmd("blockdev-add", o)
 	}
-	d.Cmd("block-stream", map[string]any{"job-id": "s", "device": "n2", "base-node": "n0", "speed": 4 << 20})
+	// 1 MiB/s: the stream (8 MiB) outlasts the commit under load.
+	d.Cmd("block-stream", map[string]any{"job-id": "s", "device": "n2", "base-node": "n0", "speed": 1 << 20})
 	d.Cmd("block-commit", map[string]any{"job-id": "c", "device": "n4", "base-node": "n3"})
 	waitJobEvent(t, d, "BLOCK_JOB_READY", "c")
 	d.Cmd("block-job-complete", map[string]any{"device": "c"})

@@ -350,7 +350,8 @@ func TestFUSEExportErrors(t *testing.T) {
 func TestFUSEExportDelWithOpenFile(t *testing.T) {
 	requireFUSE(t)
 	d := start(t)
-	d.Cmd("blockdev-add", map[string]any{"driver": "null-co", "node-name": "zero", "size": 1 << 30, "read-zeroes": true})
+	// 1 TiB: dd never reaches the end before the export goes.
+	d.Cmd("blockdev-add", map[string]any{"driver": "null-co", "node-name": "zero", "size": 1 << 40, "read-zeroes": true})
 	mnt := mountpoint(t, d, "zero.mnt")
 	addFUSE(t, d, map[string]any{"id": "z", "node-name": "zero", "mountpoint": mnt})
 

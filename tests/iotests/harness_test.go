@@ -377,8 +377,11 @@ func (d *Daemon) History() []Event {
 	return append([]Event(nil), d.raw.history...)
 }
 
-// ClearHistory forgets the events received so far.
+// ClearHistory forgets the events received so far. A command on the
+// event connection first: the replies to d.Cmd come on the other one,
+// and an event sent before such a reply may still be on its way here.
 func (d *Daemon) ClearHistory() {
+	d.raw.call("query-version", nil) //nolint:errcheck // only a barrier
 	d.raw.mu.Lock()
 	defer d.raw.mu.Unlock()
 	d.raw.history = nil

@@ -68,7 +68,7 @@ func (d *stdioDaemon) wait(t *testing.T) error {
 	select {
 	case err := <-d.done:
 		return err
-	case <-time.After(10 * time.Second):
+	case <-time.After(30 * time.Second):
 		t.Fatal("the daemon did not exit")
 		return nil
 	}
