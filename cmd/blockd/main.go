@@ -219,9 +219,9 @@ type daemon struct {
 	q        *qmp.Server
 	qmpCount int // --qmp monitors so far, for their chardevs' ids
 	monitors []net.Listener
-	// afterSetup starts serving the monitors once every option is done:
-	// a client that connects early waits for its greeting, as with qsd,
-	// instead of seeing a graph that is half made.
+	// afterSetup starts serving the NBD server and the monitors once
+	// every option is done: a client that connects early waits for its
+	// greeting, as with qsd, instead of seeing a graph that is half made.
 	afterSetup []func()
 
 	stdioDone chan struct{} // closed when a stdio monitor's client is gone
@@ -247,6 +247,9 @@ func newDaemon(log logrus.FieldLogger, withMetrics bool) *daemon {
 		OnCommand: onCommand,
 	})
 	d.bd.Register(d.q)
+	// The NBD server's release comes first, so that a client greeted on
+	// QMP finds it accepting.
+	d.afterSetup = []func(){d.bd.HoldNBDServing()}
 	return d
 }
 
@@ -277,9 +280,6 @@ func (d *daemon) serveMetrics(addr string) error {
 
 func (d *daemon) setup(opts []option) error {
 	ctx := context.Background()
-	// The NBD server, like the monitors, serves once every option is
-	// done; first, so that a client greeted on QMP finds it accepting.
-	d.afterSetup = append([]func(){d.bd.HoldNBDServing()}, d.afterSetup...)
 	for _, o := range opts {
 		var err error
 		switch o.name {
