@@ -46,6 +46,11 @@
 //   - Commit() follows a committed Prepare; it must not fail.
 //   - Abort(tx) undoes what the job did, when it failed or was cancelled
 //     (Run returned an error, or Prepare failed).
+//
+// The jobs of a Group prepare inside one graph change, which is
+// committed only when every Prepare succeeded; if one fails, the change
+// is undone, so a body's Prepare must record through the Txn (OnUndo)
+// whatever it changes outside the graph, and every job aborts.
 //   - Clean(tx) always runs last, on both paths: it removes the job's
 //     filters, unfreezes links and reopens nodes read-only again. After
 //     it the runner detaches the job's roots, so the nodes it held are

@@ -8,9 +8,11 @@ import (
 // Group is a set of jobs that succeed or fail together (a transaction's
 // completion-mode "grouped", QEMU's job transaction): a job whose Run
 // succeeded waits ("waiting") until every job of the group has. When all
-// have, they go to pending together and finalize together, one after
-// the other: at once if none waits for job-finalize, else on the first
-// job-finalize for any of them. If one fails or is cancelled instead,
+// have, they go to pending together and finalize together, at once if
+// none waits for job-finalize, else on the first job-finalize for any of
+// them: every job's graph change is prepared first, and they conclude one
+// after the other only when all could be made. If one fails or is
+// cancelled instead,
 // the others are cancelled hard and the group aborts: one goroutine
 // aborts every job in turn, waiting for each to stop. As in QEMU, every
 // step takes the jobs in the reverse of the order they were made (its
@@ -96,14 +98,7 @@ func (g *Group) ended(j *Job, err error) {
 			g.finalizing = true
 			jobs := g.newestFirst()
 			g.mu.Unlock()
-			failed := false
-			for _, x := range jobs {
-				if failed {
-					x.abortWith(nil)
-				} else {
-					failed = !x.finalize()
-				}
-			}
+			g.finalizeAll(jobs)
 			g.mu.Lock()
 			g.finished = true
 			g.cond.Broadcast()
@@ -112,6 +107,41 @@ func (g *Group) ended(j *Job, err error) {
 		g.cond.Wait()
 	}
 	g.mu.Unlock()
+}
+
+// finalizeAll finalizes the jobs of a group that succeeded, as one: the
+// graph changes of all are prepared in a single graph change, and only
+// when every one could be made is it committed and does any job
+// conclude. If one fails, nothing of them stays in the graph and every
+// job aborts, that one with its error and the others as cancelled (a
+// transaction is all or nothing, as QEMU's is).
+func (g *Group) finalizeAll(jobs []*Job) {
+	failed, err := jobs[0], error(nil)
+	tx := jobs[0].r.g.Begin()
+	for _, x := range jobs {
+		if err = x.prepare(tx); err != nil {
+			failed = x
+			break
+		}
+	}
+	if err != nil {
+		tx.Abort()
+	} else {
+		err = tx.Commit()
+	}
+	if err == nil {
+		for _, x := range jobs {
+			x.commit()
+		}
+		return
+	}
+	for _, x := range jobs {
+		if x == failed {
+			x.abortWith(err)
+		} else {
+			x.abortWith(nil)
+		}
+	}
 }
 
 // abort aborts the group because first failed or was cancelled, unless

@@ -260,17 +260,29 @@ func (j *Job) change(fn func(tx *block.Txn) error) error {
 }
 
 // finalize makes the graph change of a job that succeeded and concludes
-// it; false: the change failed, and the job aborted.
-func (j *Job) finalize() bool {
+// it; if the change fails, the job aborts instead.
+func (j *Job) finalize() {
+	if err := j.change(j.prepare); err != nil {
+		j.mu.Lock()
+		j.failLocked(err)
+		j.mu.Unlock()
+		j.abort()
+		return
+	}
+	j.commit()
+}
+
+// prepare makes the graph change of a job that succeeded, inside tx.
+func (j *Job) prepare(tx *block.Txn) error {
 	if fin, ok := j.body.(Finisher); ok {
-		err := j.change(func(tx *block.Txn) error { return fin.Prepare(j.ctx, tx) })
-		if err != nil {
-			j.mu.Lock()
-			j.failLocked(err)
-			j.mu.Unlock()
-			j.abort()
-			return false
-		}
+		return fin.Prepare(j.ctx, tx)
+	}
+	return nil
+}
+
+// commit concludes a job whose prepared graph change was committed.
+func (j *Job) commit() {
+	if fin, ok := j.body.(Finisher); ok {
 		fin.Commit()
 	}
 	j.clean()
@@ -278,7 +290,6 @@ func (j *Job) finalize() bool {
 	defer j.mu.Unlock()
 	j.completedEventLocked()
 	j.concludeLocked()
-	return true
 }
 
 // pendingLocked moves the job to pending; one that waits for

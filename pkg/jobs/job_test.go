@@ -64,6 +64,7 @@ type stepBody struct {
 	noSteps     bool // the body ends before its first Yield
 	fail        error
 	prepareFail error
+	onPrepare   func(tx *block.Txn) // if set, runs in Prepare
 	rec         *recorder
 }
 
@@ -98,6 +99,9 @@ func (b *stepBody) finish(j *Job) {
 
 func (b *stepBody) Prepare(ctx context.Context, tx *block.Txn) error {
 	b.rec.note("prepare")
+	if b.onPrepare != nil {
+		b.onPrepare(tx)
+	}
 	return b.prepareFail
 }
 func (b *stepBody) Commit()                                  { b.rec.note("commit") }
@@ -655,5 +659,47 @@ func TestReady(t *testing.T) {
 				t.Errorf("events %s\n want %s", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestGroupPrepareFails: a group finalizes as one. When one job's Prepare
+// fails after another's succeeded, no job commits: the graph change of
+// both is undone, the one that failed completes with its error and the
+// other is cancelled.
+func TestGroupPrepareFails(t *testing.T) {
+	r, rec, _ := newRunner()
+	boom := errors.New("boom")
+	g := NewGroup()
+	opts := blockOpts
+	opts.Group = g
+	// Newest first: j2 prepares, then j1 fails.
+	b1 := &stepBody{rec: rec, prepareFail: boom}
+	b2 := &stepBody{rec: rec}
+	j1, err := r.Start(context.Background(), "j1", "test", b1, opts)
+	mustOK(t, err)
+	j2, err := r.Start(context.Background(), "j2", "test", b2, opts)
+	mustOK(t, err)
+	undone := false
+	b2.onPrepare = func(tx *block.Txn) { tx.OnUndo(func() { undone = true }) }
+	b1.finish(j1)
+	b2.finish(j2)
+	j1.Wait()
+	j2.Wait()
+	r.Close()
+	got := rec.String()
+	const want = "created,running,created,running,waiting,waiting,pending,pending,prepare,prepare," +
+		"aborting,abort,clean,BLOCK_JOB_CANCELLED,concluded,null," +
+		"aborting,abort,clean,BLOCK_JOB_COMPLETED,concluded,null"
+	if got != want {
+		t.Errorf("events %s\n want %s", got, want)
+	}
+	if !undone {
+		t.Error("the graph change of the job that prepared was not undone")
+	}
+	if e := rec.last("BLOCK_JOB_COMPLETED"); e["device"] != "j1" || e["error"] != "boom" {
+		t.Errorf("BLOCK_JOB_COMPLETED %v, want j1's with error boom", e)
+	}
+	if e := rec.last("BLOCK_JOB_CANCELLED"); e["device"] != "j2" {
+		t.Errorf("BLOCK_JOB_CANCELLED %v, want j2's", e)
 	}
 }
