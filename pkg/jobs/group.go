@@ -3,6 +3,8 @@ package jobs
 import (
 	"slices"
 	"sync"
+
+	"github.com/blockd/blockd/pkg/block"
 )
 
 // Group is a set of jobs that succeed or fail together (a transaction's
@@ -116,29 +118,23 @@ func (g *Group) ended(j *Job, err error) {
 // job aborts, that one with its error and the others as cancelled (a
 // transaction is all or nothing, as QEMU's is).
 func (g *Group) finalizeAll(jobs []*Job) {
-	failed, err := jobs[0], error(nil)
-	tx := jobs[0].r.g.Begin()
-	for _, x := range jobs {
-		if err = x.prepare(tx); err != nil {
-			failed = x
-			break
-		}
-	}
-	if err != nil {
-		tx.Abort()
-	} else {
-		err = tx.Commit()
-	}
-	if err == nil {
+	failed := jobs[0] // the job charged with the error: a failed commit's is the newest
+	err := jobs[0].change(func(tx *block.Txn) error {
 		for _, x := range jobs {
-			x.commit()
+			if err := x.prepare(tx); err != nil {
+				failed = x
+				return err
+			}
 		}
-		return
-	}
+		return nil
+	})
 	for _, x := range jobs {
-		if x == failed {
+		switch {
+		case err == nil:
+			x.commit()
+		case x == failed:
 			x.abortWith(err)
-		} else {
+		default:
 			x.abortWith(nil)
 		}
 	}
